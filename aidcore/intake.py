@@ -1,0 +1,329 @@
+"""Intake: a raw input record (one row of JSON Lines or CSV, one HTTP body) becomes either a
+validated, tokenized `Disbursement` plus the `Identity` for the vault, or a `Rejection` with a
+named code. Checks run in the order of `aidcore.outcomes.INTAKE_CODES`; the first failure wins.
+
+Money: `amount_idr` is whole rupiah. An integer, or a decimal string or number whose fraction is
+exactly zero ("200000", "200000.00"), is accepted; any other fraction is rejected, never rounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+from aidcore import nik as nikmod
+from aidcore.reference import Reference
+
+INPUT_FIELDS: tuple[str, ...] = (
+    "source_system",
+    "source_ref",
+    "source_type",
+    "agency_code",
+    "programme_code",
+    "nik",
+    "provisional_id",
+    "kk",
+    "recipient_name",
+    "amount_idr",
+    "kind",
+    "period",
+    "disbursed_at",
+    "channel",
+    "region_code",
+    "funding_account",
+)
+_INPUT_FIELD_SET = frozenset(INPUT_FIELDS)
+MAX_REF_CHARS = 128
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Disbursement:
+    """One accepted disbursement, as it travels on the log: tokens, never a clear NIK."""
+
+    event_id: str
+    source_system: str
+    source_ref: str
+    source_type: str
+    agency_code: str
+    programme_code: str
+    person_token: str
+    identity_kind: str  # "NIK" | "PROVISIONAL"
+    kk_token: str | None
+    amount_idr: int
+    kind: str
+    period: str
+    disbursed_at_us: int  # UTC microseconds
+    disbursed_at_offset_min: int  # the sender's UTC offset, kept so the original time can be shown
+    channel: str
+    region_code: str
+    funding_account: str
+    recorded_at_us: int  # when intake accepted it
+
+    @property
+    def idempotency_key(self) -> tuple[str, str]:
+        return (self.source_system, self.source_ref)
+
+    def content_values(self) -> tuple[str, ...]:
+        """The compared content, in `aidcore.outcomes.CONTENT_FIELDS` order, as canonical strings."""
+        return (
+            self.person_token,
+            self.programme_code,
+            self.period,
+            str(self.amount_idr),
+            self.kind,
+            self.channel,
+            f"{self.disbursed_at_us}{self.disbursed_at_offset_min:+d}",
+            self.agency_code,
+            self.source_type,
+            self.funding_account,
+            self.region_code,
+            self.kk_token or "",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What only the identity vault may hold."""
+
+    person_token: str
+    identity_kind: str
+    nik: str | None
+    provisional_id: str | None
+    kk: str | None
+    recipient_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    code: str
+    field: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    disbursement: Disbursement
+    identity: Identity
+
+
+def content_digest(values: tuple[str, ...]) -> bytes:
+    h = hashlib.sha256()
+    for v in values:
+        h.update(v.encode("utf-8"))
+        h.update(b"\x1f")
+    return h.digest()
+
+
+def field_digests(values: tuple[str, ...]) -> bytes:
+    """Two bytes per content field: enough to name which field of a resubmission changed."""
+    out = bytearray()
+    for v in values:
+        out += hashlib.blake2s(v.encode("utf-8"), digest_size=2).digest()
+    return bytes(out)
+
+
+def make_event_id(source_system: str, source_ref: str, digest: bytes) -> str:
+    """Deterministic: the same record submitted twice gets the same event id."""
+    h = hashlib.sha256(source_system.encode() + b"\x1f" + source_ref.encode() + b"\x1f" + digest).digest()
+    return str(uuid.UUID(bytes=h[:16], version=5))
+
+
+def to_us(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _text(raw: Mapping[str, Any], name: str) -> str:
+    value = raw.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = str(value)
+    return value.strip()
+
+
+def _reject(code: str, field: str | None, message: str) -> Rejection:
+    return Rejection(code, field, message)
+
+
+def parse_amount(value: Any) -> int | str:
+    """Whole rupiah, or the code of the first problem."""
+    if value is None or value == "":
+        return "amount_idr_required"
+    if isinstance(value, bool):
+        return "amount_idr_must_be_integer"
+    if isinstance(value, int):
+        amount = value
+    else:
+        try:
+            number = Decimal(str(value).strip()) if not isinstance(value, float) else Decimal(repr(value))
+        except InvalidOperation:
+            return "amount_idr_must_be_integer"
+        if not number.is_finite():
+            return "amount_idr_must_be_integer"
+        if number != number.to_integral_value():
+            return "amount_idr_must_be_whole_rupiah"
+        amount = int(number)
+    if amount <= 0:
+        return "amount_idr_must_be_positive"
+    return amount
+
+
+def period_ok(period: str) -> bool:
+    if len(period) != 7 or period[4] != "-":
+        return False
+    year, month = period[:4], period[5:]
+    if not (nikmod.is_ascii_digits(year, 4) and nikmod.is_ascii_digits(month, 2)):
+        return False
+    return 2000 <= int(year) <= 2100 and 1 <= int(month) <= 12
+
+
+def validate_record(
+    raw: Any, *, reference: Reference, token_key: bytes, now_us: int
+) -> Accepted | Rejection:
+    """The whole intake decision for one record. Pure: key, reference data and time come in."""
+    if not isinstance(raw, Mapping):
+        return _reject("record_must_be_an_object", None, "each record must be an object with the input-record fields")
+    for name in raw:
+        if name not in _INPUT_FIELD_SET:
+            return _reject("field_unknown", str(name), f"unknown field {str(name)[:40]!r}")
+
+    source_system = _text(raw, "source_system")
+    source_ref = _text(raw, "source_ref")
+    if not source_system:
+        return _reject("source_system_required", "source_system", "source_system is required")
+    if not source_ref:
+        return _reject("source_ref_required", "source_ref", "source_ref is required")
+    if len(source_system) > MAX_REF_CHARS:
+        return _reject("source_system_too_long", "source_system", f"at most {MAX_REF_CHARS} characters")
+    if len(source_ref) > MAX_REF_CHARS:
+        return _reject("source_ref_too_long", "source_ref", f"at most {MAX_REF_CHARS} characters")
+
+    source_type = _text(raw, "source_type")
+    if source_type not in reference.source_types:
+        return _reject("source_type_unknown", "source_type", f"source_type must be one of {sorted(reference.source_types)}")
+    agency_code = _text(raw, "agency_code")
+    if not agency_code:
+        return _reject("agency_code_required", "agency_code", "agency_code is required")
+    programme_code = _text(raw, "programme_code")
+    if not programme_code:
+        return _reject("programme_code_required", "programme_code", "programme_code is required")
+    programme = reference.programmes.get(programme_code)
+    if programme is None:
+        return _reject("programme_code_unknown", "programme_code", f"unknown programme {programme_code[:40]!r}")
+    if not programme.active:
+        return _reject("programme_inactive", "programme_code", f"programme {programme_code} is not active")
+
+    nik = nikmod.normalize(_text(raw, "nik"))
+    provisional_id = _text(raw, "provisional_id")
+    if not nik and not provisional_id:
+        return _reject("identity_required", "nik", "a NIK or a provisional_id is required")
+    if nik:
+        problem = nikmod.nik_problem(nik)
+        if problem:
+            return _reject(problem, "nik", _NIK_MESSAGES[problem])
+        token = nikmod.person_token(token_key, nik)
+        identity_kind = "NIK"
+    else:
+        problem = nikmod.provisional_problem(provisional_id)
+        if problem:
+            return _reject(problem, "provisional_id", "provisional_id must be 4-64 printable ASCII characters")
+        token = nikmod.provisional_token(token_key, provisional_id)
+        identity_kind = "PROVISIONAL"
+
+    kk = nikmod.normalize(_text(raw, "kk"))
+    if kk and not nikmod.is_ascii_digits(kk, 16):
+        return _reject("kk_must_be_16_ascii_digits", "kk", "kk must be 16 ASCII digits")
+
+    amount = parse_amount(raw.get("amount_idr"))
+    if isinstance(amount, str):
+        return _reject(amount, "amount_idr", _AMOUNT_MESSAGES[amount])
+    if amount > reference.max_amount_idr:
+        return _reject("amount_idr_too_large", "amount_idr", f"more than Rp {reference.max_amount_idr:,} in one disbursement")
+
+    kind = _text(raw, "kind")
+    if kind not in reference.kinds:
+        return _reject("kind_unknown", "kind", f"kind must be one of {sorted(reference.kinds)}")
+    period = _text(raw, "period")
+    if not period_ok(period):
+        return _reject("period_must_be_yyyy_mm", "period", "period must be YYYY-MM, e.g. 2026-11")
+
+    disbursed_text = _text(raw, "disbursed_at")
+    try:
+        disbursed_at = datetime.fromisoformat(disbursed_text)
+    except ValueError:
+        return _reject("disbursed_at_invalid", "disbursed_at", "disbursed_at must be an ISO 8601 timestamp")
+    offset = disbursed_at.utcoffset()
+    if offset is None:
+        return _reject("disbursed_at_needs_offset", "disbursed_at", "disbursed_at must carry a UTC offset, e.g. +07:00")
+    disbursed_at_us = to_us(disbursed_at)
+    if disbursed_at_us > now_us + reference.future_tolerance_s * 1_000_000:
+        return _reject("disbursed_at_in_future", "disbursed_at", "disbursed_at lies in the future")
+
+    channel = _text(raw, "channel")
+    if channel not in reference.channels:
+        return _reject("channel_unknown", "channel", f"channel must be one of {sorted(reference.channels)}")
+    region_code = _text(raw, "region_code")
+    if not nikmod.is_ascii_digits(region_code, 10):
+        return _reject("region_code_must_be_10_ascii_digits", "region_code", "region_code must be a 10-digit village code")
+    funding_account = _text(raw, "funding_account")
+    if not funding_account:
+        return _reject("funding_account_required", "funding_account", "funding_account is required")
+
+    kk_tok = nikmod.kk_token(token_key, kk) if kk else None
+    partial = Disbursement(
+        event_id="",
+        source_system=source_system,
+        source_ref=source_ref,
+        source_type=source_type,
+        agency_code=agency_code,
+        programme_code=programme_code,
+        person_token=token,
+        identity_kind=identity_kind,
+        kk_token=kk_tok,
+        amount_idr=amount,
+        kind=kind,
+        period=period,
+        disbursed_at_us=disbursed_at_us,
+        disbursed_at_offset_min=int(offset.total_seconds() // 60),
+        channel=channel,
+        region_code=region_code,
+        funding_account=funding_account,
+        recorded_at_us=now_us,
+    )
+    event_id = make_event_id(source_system, source_ref, content_digest(partial.content_values()))
+    disbursement = _replace_event_id(partial, event_id)
+    identity = Identity(
+        person_token=token,
+        identity_kind=identity_kind,
+        nik=nik or None,
+        provisional_id=provisional_id or None if not nik else None,
+        kk=kk or None,
+        recipient_name=_text(raw, "recipient_name"),
+    )
+    return Accepted(disbursement, identity)
+
+
+def _replace_event_id(d: Disbursement, event_id: str) -> Disbursement:
+    from dataclasses import replace
+
+    return replace(d, event_id=event_id)
+
+
+_NIK_MESSAGES = {
+    "nik_must_be_16_ascii_digits": "NIK must be exactly 16 ASCII digits 0-9",
+    "nik_province_invalid": "NIK starts with a province code that does not exist",
+    "nik_birth_date_invalid": "NIK digits 7-12 are not a valid birth date (DDMMYY, day + 40 for women)",
+    "nik_serial_invalid": "NIK serial (digits 13-16) cannot be 0000",
+}
+_AMOUNT_MESSAGES = {
+    "amount_idr_required": "amount_idr is required",
+    "amount_idr_must_be_integer": "amount_idr must be a whole number of rupiah",
+    "amount_idr_must_be_whole_rupiah": "amount_idr has a fraction of a rupiah; fractions are rejected, never rounded",
+    "amount_idr_must_be_positive": "amount_idr must be greater than zero",
+}

@@ -1,0 +1,253 @@
+"""The ledger decision: idempotency, duplicates and running totals per person.
+
+State is per person token: a mapping from idempotency key ("source_system\\x1fsource_ref") to a
+`Payment` (what was accepted under that key). Totals per programme and period are derived from
+it, so one value carries both the totals and the seen keys: a re-read event after a crash finds
+its key and changes nothing. Keys are kept for as long as the ledger lives, not for a window.
+
+`decide_batch` is the hot path: a batch of events in, all resulting changes out (changed person
+states, one outcome per event, alerts coalesced by identity), so shells can write them in one
+produce call and one transaction. It never mutates its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple, Sequence
+
+from aidcore import outcomes
+from aidcore.intake import Disbursement, field_digests
+from aidcore.reference import Reference
+from aidcore.rupiah import local_time, rupiah
+
+RULE_DUPLICATE_PERSON = "duplicate_person_programme_period"
+RULE_MODIFIED_RESUBMISSION = "modified_resubmission"
+
+
+class Payment(NamedTuple):
+    """One accepted payment in a person's state. A tuple: compact, and cheap to copy."""
+
+    event_id: str
+    programme_code: str
+    period: str
+    amount_idr: int
+    digests: bytes  # `aidcore.intake.field_digests` of the content
+    disbursed_at_us: int
+    region_code: str
+    source_type: str
+
+
+PersonState = Mapping[str, Payment]
+
+
+def idem_key(source_system: str, source_ref: str) -> str:
+    return f"{source_system}\x1f{source_ref}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    system, _, ref = key.partition("\x1f")
+    return system, ref
+
+
+@dataclass(frozen=True, slots=True)
+class Rulebook:
+    version: str = "builtin-1"
+    enabled: frozenset[str] = frozenset({RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION})
+
+
+@dataclass(frozen=True, slots=True)
+class AlertLine:
+    event_id: str
+    source_system: str
+    source_ref: str
+    amount_idr: int
+    disbursed_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A case. Its identity is (rule, subject, period, fingerprint); `revision` grows as later
+    events join the case, so a re-emitted alert updates the same case instead of opening one."""
+
+    alert_id: str
+    revision: int
+    rule_id: str
+    rulebook_version: str
+    outcome_code: str
+    subject_kind: str  # "PERSON" | "HOUSEHOLD"
+    subject_token: str
+    programme_code: str
+    period: str
+    region_code: str
+    lines: tuple[AlertLine, ...]
+    amount_idr_at_stake: int
+    amount_idr_total: int
+    message: str
+    raised_at_us: int
+    trigger_event_id: str
+    trigger_recorded_at_us: int
+
+
+@dataclass(slots=True)
+class BatchResult:
+    changed: dict[str, dict[str, Payment]] = field(default_factory=dict)
+    outcomes: list[str] = field(default_factory=list)  # one per input event, same order
+    alerts: dict[str, Alert] = field(default_factory=dict)  # by alert_id, latest revision wins
+
+
+def alert_id(rule_id: str, subject_token: str, period: str, fingerprint: str) -> str:
+    raw = "\x1f".join((rule_id, subject_token, period, fingerprint)).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def first_difference(old: bytes, new: bytes) -> str:
+    """The outcome for a key seen before: exists, or exists_with_different_<first field>."""
+    if old == new:
+        return outcomes.EXISTS
+    for i, name in enumerate(outcomes.CONTENT_FIELDS):
+        a = old[i * 2 : i * 2 + 2]
+        b = new[i * 2 : i * 2 + 2]
+        if a != b:
+            return outcomes.exists_with_different(name)
+    return "exists_with_different_content"
+
+
+def payment_of(event: Disbursement, digests: bytes) -> Payment:
+    return Payment(
+        event.event_id,
+        event.programme_code,
+        event.period,
+        event.amount_idr,
+        digests,
+        event.disbursed_at_us,
+        event.region_code,
+        event.source_type,
+    )
+
+
+def totals(state: PersonState) -> dict[tuple[str, str], tuple[int, int]]:
+    """(programme, period) -> (amount_idr_total, payments)."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for p in state.values():
+        k = (p.programme_code, p.period)
+        amount, count = out.get(k, (0, 0))
+        out[k] = (amount + p.amount_idr, count + 1)
+    return out
+
+
+def decide_batch(
+    states: Mapping[str, PersonState],
+    events: Sequence[Disbursement],
+    *,
+    rulebook: Rulebook,
+    reference: Reference,
+    now_us: int,
+) -> BatchResult:
+    result = BatchResult()
+    changed = result.changed
+    for event in events:
+        token = event.person_token
+        state = changed.get(token)
+        if state is None:
+            state = dict(states.get(token, ()))
+        key = idem_key(event.source_system, event.source_ref)
+        digests = field_digests(event.content_values())
+        seen = state.get(key)
+        if seen is not None:
+            outcome = first_difference(seen.digests, digests)
+            result.outcomes.append(outcome)
+            if outcome != outcomes.EXISTS and RULE_MODIFIED_RESUBMISSION in rulebook.enabled:
+                alert = _modified_alert(event, seen, outcome, rulebook, reference, now_us)
+                result.alerts[alert.alert_id] = alert
+            continue
+        state[key] = payment_of(event, digests)
+        changed[token] = state
+        result.outcomes.append(outcomes.ACCEPTED)
+        if RULE_DUPLICATE_PERSON in rulebook.enabled:
+            alert = _duplicate_alert(event, state, rulebook, reference, now_us)
+            if alert is not None:
+                result.alerts[alert.alert_id] = alert
+    return result
+
+
+def _lines(state: PersonState, programme: str, period: str) -> list[AlertLine]:
+    lines = [
+        AlertLine(p.event_id, *split_key(k), p.amount_idr, p.disbursed_at_us)
+        for k, p in state.items()
+        if p.programme_code == programme and p.period == period
+    ]
+    lines.sort(key=lambda line: (line.disbursed_at_us, line.source_system, line.source_ref))
+    return lines
+
+
+def _duplicate_alert(
+    event: Disbursement, state: PersonState, rulebook: Rulebook, reference: Reference, now_us: int
+) -> Alert | None:
+    lines = _lines(state, event.programme_code, event.period)
+    if len(lines) < 2:
+        return None
+    total = sum(line.amount_idr for line in lines)
+    at_stake = total - lines[0].amount_idr
+    programme = reference.programmes[event.programme_code].name if event.programme_code in reference.programmes else event.programme_code
+    paid = "; ".join(
+        f"{rupiah(line.amount_idr)} by {line.source_system} ref {line.source_ref} on {local_time(line.disbursed_at_us)[:10]}"
+        for line in lines
+    )
+    message = (
+        f"One person in {reference.regency_name(event.region_code)} (village {event.region_code}) was paid "
+        f"{event.programme_code} ({programme}) for {event.period} {len(lines)} times: {paid}. "
+        f"{rupiah(at_stake)} paid beyond the first payment."
+    )
+    return Alert(
+        alert_id=alert_id(RULE_DUPLICATE_PERSON, event.person_token, event.period, event.programme_code),
+        revision=len(lines),
+        rule_id=RULE_DUPLICATE_PERSON,
+        rulebook_version=rulebook.version,
+        outcome_code="duplicate",
+        subject_kind="PERSON",
+        subject_token=event.person_token,
+        programme_code=event.programme_code,
+        period=event.period,
+        region_code=event.region_code,
+        lines=tuple(lines),
+        amount_idr_at_stake=at_stake,
+        amount_idr_total=total,
+        message=message,
+        raised_at_us=now_us,
+        trigger_event_id=event.event_id,
+        trigger_recorded_at_us=event.recorded_at_us,
+    )
+
+
+def _modified_alert(
+    event: Disbursement, seen: Payment, outcome: str, rulebook: Rulebook, reference: Reference, now_us: int
+) -> Alert:
+    field_name = outcome.removeprefix("exists_with_different_")
+    original = AlertLine(seen.event_id, event.source_system, event.source_ref, seen.amount_idr, seen.disbursed_at_us)
+    attempt = AlertLine(event.event_id, event.source_system, event.source_ref, event.amount_idr, event.disbursed_at_us)
+    message = (
+        f"{event.source_system} sent reference {event.source_ref} again with a different {field_name}: "
+        f"the ledger keeps the original ({rupiah(seen.amount_idr)}, {seen.programme_code} {seen.period}) and "
+        f"rejected the new version ({rupiah(event.amount_idr)}, {event.programme_code} {event.period}). "
+        f"Either the sending system has a bug or the record was altered."
+    )
+    return Alert(
+        alert_id=alert_id(RULE_MODIFIED_RESUBMISSION, event.person_token, seen.period, idem_key(event.source_system, event.source_ref)),
+        revision=1,
+        rule_id=RULE_MODIFIED_RESUBMISSION,
+        rulebook_version=rulebook.version,
+        outcome_code=outcome,
+        subject_kind="PERSON",
+        subject_token=event.person_token,
+        programme_code=seen.programme_code,
+        period=seen.period,
+        region_code=seen.region_code,
+        lines=(original, attempt),
+        amount_idr_at_stake=abs(event.amount_idr - seen.amount_idr),
+        amount_idr_total=seen.amount_idr,
+        message=message,
+        raised_at_us=now_us,
+        trigger_event_id=event.event_id,
+        trigger_recorded_at_us=event.recorded_at_us,
+    )

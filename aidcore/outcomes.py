@@ -1,0 +1,81 @@
+"""Named outcome codes, listed in the order they are checked.
+
+An outcome is a value, never an exception: shells turn it into an HTTP status, a rejection-report
+row, a dead-letter header or a counter label. The order here is the order of the checks in
+`aidcore.intake.validate_record` and `aidcore.ledger.decide`; the first failing check wins.
+"""
+
+from __future__ import annotations
+
+ACCEPTED = "accepted"
+EXISTS = "exists"  # same idempotency key, same content: a harmless redelivery
+
+# Intake checks, in precedence order.
+INTAKE_CODES: tuple[str, ...] = (
+    "record_must_be_an_object",
+    "field_unknown",
+    "source_system_required",
+    "source_ref_required",
+    "source_system_too_long",
+    "source_ref_too_long",
+    "source_type_unknown",
+    "agency_code_required",
+    "programme_code_required",
+    "programme_code_unknown",
+    "programme_inactive",
+    "identity_required",
+    "nik_must_be_16_ascii_digits",
+    "nik_province_invalid",
+    "nik_birth_date_invalid",
+    "nik_serial_invalid",
+    "provisional_id_invalid",
+    "kk_must_be_16_ascii_digits",
+    "amount_idr_required",
+    "amount_idr_must_be_integer",
+    "amount_idr_must_be_whole_rupiah",
+    "amount_idr_must_be_positive",
+    "amount_idr_too_large",
+    "kind_unknown",
+    "period_must_be_yyyy_mm",
+    "disbursed_at_invalid",
+    "disbursed_at_needs_offset",
+    "disbursed_at_in_future",
+    "channel_unknown",
+    "region_code_must_be_10_ascii_digits",
+    "funding_account_required",
+)
+
+# Content fields compared for an idempotency key, in the order they are compared: the first
+# field that differs names the outcome `exists_with_different_<field>`.
+CONTENT_FIELDS: tuple[str, ...] = (
+    "nik",
+    "programme_code",
+    "period",
+    "amount_idr",
+    "kind",
+    "channel",
+    "disbursed_at",
+    "agency_code",
+    "source_type",
+    "funding_account",
+    "region_code",
+    "kk",
+)
+
+STREAM_CODES: tuple[str, ...] = tuple(f"exists_with_different_{f}" for f in CONTENT_FIELDS) + (
+    "exists_with_different_content",
+)
+
+# Dead-letter codes raised by shells before the core sees a record.
+WIRE_CODES: tuple[str, ...] = (
+    "value_missing",
+    "avro_marker_invalid",
+    "schema_fingerprint_unknown",
+    "avro_body_malformed",
+)
+
+ALL_CODES: tuple[str, ...] = INTAKE_CODES + STREAM_CODES + WIRE_CODES
+
+
+def exists_with_different(field: str) -> str:
+    return f"exists_with_different_{field}"

@@ -1,0 +1,98 @@
+"""Every setting, declared once: one frozen object per process type, each field with its
+environment variable (prefix AIDLEDGER_), default and meaning. Built from a mapping that the
+shell passes in (`Settings.from_env(os.environ)`), so this module reads no environment itself.
+`aidledger settings` prints the table; a test checks the README lists every variable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable."""
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class _Group:
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]):
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
+            except ValueError:
+                raise SettingsError(f"{f.metadata['env']}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(cls)]
+
+
+@dataclass(frozen=True)
+class StackSettings(_Group):
+    """Shared by every process: where things are."""
+
+    home: str = _setting("AIDLEDGER_HOME", ".aidledger", "directory for the embedded stack's data, logs, endpoints and secrets")
+    kafka_bootstrap: str = _setting("AIDLEDGER_KAFKA_BOOTSTRAP", "", "external Kafka bootstrap servers; empty starts the embedded Tansu broker")
+    database_url: str = _setting("AIDLEDGER_DATABASE_URL", "", "external PostgreSQL URL; empty starts the embedded PostgreSQL")
+    broker_port: int = _setting("AIDLEDGER_BROKER_PORT", 19092, "loopback port of the embedded broker")
+    postgres_port: int = _setting("AIDLEDGER_POSTGRES_PORT", 15432, "loopback port of the embedded PostgreSQL")
+    partitions: int = _setting("AIDLEDGER_PARTITIONS", 8, "partitions of every keyed topic (ledger, alerts, state changelog); fixed at topic creation")
+    replication: int = _setting("AIDLEDGER_REPLICATION", 1, "replication factor for created topics (3 on a production cluster)")
+    topic_prefix: str = _setting("AIDLEDGER_TOPIC_PREFIX", "aid", "prefix of the topic names: <prefix>.ledger.v1, <prefix>.alerts.v1, <prefix>.deadletter.v1")
+    nik_token_key: str = _setting("AIDLEDGER_NIK_TOKEN_KEY", "", "hex secret for NIK tokens (HMAC-SHA256); empty reads AIDLEDGER_NIK_TOKEN_KEY_FILE")
+    nik_token_key_file: str = _setting("AIDLEDGER_NIK_TOKEN_KEY_FILE", "", "file holding the hex token secret; empty means <home>/secrets/nik-token.key, created by `up` when missing")
+    log_level: str = _setting("AIDLEDGER_LOG_LEVEL", "INFO", "log level of every process")
+
+
+@dataclass(frozen=True)
+class WorkerSettings(_Group):
+    """The Faust ledger worker."""
+
+    metrics_port: int = _setting("AIDLEDGER_WORKER_METRICS_PORT", 9601, "Prometheus /metrics of worker 0; worker i uses this + i")
+    batch_max: int = _setting("AIDLEDGER_WORKER_BATCH_MAX", 2000, "most events decided in one batch")
+    batch_within_ms: int = _setting("AIDLEDGER_WORKER_BATCH_WITHIN_MS", 20, "longest wait to fill a batch")
+    session_timeout_s: float = _setting("AIDLEDGER_WORKER_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout (Tansu holds a join for half of it)")
+    commit_interval_s: float = _setting("AIDLEDGER_WORKER_COMMIT_INTERVAL_S", 1.0, "how often consumed offsets are committed")
+    rulebook_version: str = _setting("AIDLEDGER_RULEBOOK_VERSION", "builtin-1", "rulebook version stamped on alerts")
+
+
+@dataclass(frozen=True)
+class ProjectorSettings(_Group):
+    """The PostgreSQL projector."""
+
+    metrics_port: int = _setting("AIDLEDGER_PROJECTOR_METRICS_PORT", 9611, "Prometheus /metrics of the projector")
+    batch_max: int = _setting("AIDLEDGER_PROJECTOR_BATCH_MAX", 20000, "most records written in one transaction")
+
+
+@dataclass(frozen=True)
+class RelaySettings(_Group):
+    """The outbox relay (PostgreSQL outbox to Kafka)."""
+
+    metrics_port: int = _setting("AIDLEDGER_RELAY_METRICS_PORT", 9612, "Prometheus /metrics of the relay")
+    batch_max: int = _setting("AIDLEDGER_RELAY_BATCH_MAX", 5000, "most outbox rows published per round")
+    poll_interval_ms: int = _setting("AIDLEDGER_RELAY_POLL_INTERVAL_MS", 500, "poll interval when no NOTIFY arrives")
+
+
+ALL_GROUPS = (StackSettings, WorkerSettings, ProjectorSettings, RelaySettings)
+
+
+def topic_names(stack: StackSettings) -> dict[str, str]:
+    p = stack.topic_prefix
+    return {
+        "ledger": f"{p}.ledger.v1",
+        "alerts": f"{p}.alerts.v1",
+        "deadletter": f"{p}.deadletter.v1",
+        "state": f"{p}.ledger-state.v1",
+    }

@@ -1,0 +1,1 @@
+"""The `aidledger` command: wires the stack together. Nothing imports it."""

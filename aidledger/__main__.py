@@ -1,0 +1,3 @@
+from aidledger.cli import main
+
+raise SystemExit(main())

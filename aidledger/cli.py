@@ -1,0 +1,399 @@
+"""`aidledger`: the command line. Each subcommand is a thin shell over the packages below it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from aidcore import nik as nikmod
+from aidcore.reference import default_reference
+from aidcore.settings import ALL_GROUPS, ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
+
+
+def _stack(environ=None) -> StackSettings:
+    return StackSettings.from_env(environ if environ is not None else os.environ)
+
+
+def _home(args) -> Path:
+    return Path(args.home or _stack().home).resolve()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+class NoStack(SystemExit):
+    pass
+
+
+def resolve_endpoints(home: Path) -> tuple[str, str]:
+    """(kafka bootstrap, database url): from the environment, else from the running stack."""
+    from infra.stack import load_endpoints
+
+    stack = _stack()
+    bootstrap, dsn = stack.kafka_bootstrap, stack.database_url
+    if bootstrap and dsn:
+        return bootstrap, dsn
+    recorded = load_endpoints(home)
+    if recorded is None:
+        print(f"aidledger: no running stack under {home}; start one with `aidledger up --home {home}` "
+              "or set AIDLEDGER_KAFKA_BOOTSTRAP and AIDLEDGER_DATABASE_URL", file=sys.stderr)
+        raise NoStack(2)
+    return bootstrap or recorded["kafka_bootstrap"], dsn or recorded["database_url"]
+
+
+def _dump(obj) -> None:
+    sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+    sys.stdout.flush()
+
+
+# --- stack ----------------------------------------------------------------------------------
+
+def cmd_up(args) -> int:
+    from infra.stack import Stack
+
+    _setup_logging(_stack().log_level)
+    stack = Stack(_home(args), os.environ, workers=args.workers)
+    stack.start()
+    _print_endpoints(stack.endpoints())
+    print("running; Ctrl-C stops the stack", flush=True)
+    try:
+        stack.run_until_stopped()
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+    return 0
+
+
+def _print_endpoints(ep: dict) -> None:
+    print(f"home:            {ep['home']}")
+    print(f"kafka bootstrap: {ep['kafka_bootstrap']}{' (embedded)' if ep['embedded_broker'] else ''}")
+    print(f"database url:    {ep['database_url']}{' (embedded)' if ep['embedded_postgres'] else ''}")
+    for name, url in ep["metrics"].items():
+        print(f"metrics {name + ':':<12} {url}")
+    print(f"topics:          {', '.join(ep['topics'].values())}", flush=True)
+
+
+def cmd_worker(args) -> int:
+    from streams.worker import run_worker
+
+    stack = _stack()
+    _setup_logging(stack.log_level)
+    run_worker(stack, WorkerSettings.from_env(os.environ), args.index)
+    return 0
+
+
+def _run_service(coro_factory) -> int:
+    import signal
+
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(s, stop.set)
+        await coro_factory(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_project(args) -> int:
+    from prometheus_client import start_http_server
+
+    from projections.projector import run_projector
+
+    stack = _stack()
+    _setup_logging(stack.log_level)
+    settings = ProjectorSettings.from_env(os.environ)
+    start_http_server(settings.metrics_port, addr="127.0.0.1")
+    return _run_service(lambda stop: run_projector(stack.database_url, stack, settings, stop))
+
+
+def cmd_relay(args) -> int:
+    from prometheus_client import start_http_server
+
+    from connectors.relay import run_relay
+
+    stack = _stack()
+    _setup_logging(stack.log_level)
+    settings = RelaySettings.from_env(os.environ)
+    start_http_server(settings.metrics_port, addr="127.0.0.1")
+    return _run_service(lambda stop: run_relay(stack.database_url, stack.kafka_bootstrap, settings, stop))
+
+
+# --- intake ---------------------------------------------------------------------------------
+
+def cmd_ingest(args) -> int:
+    import psycopg
+
+    from connectors.files import progress_total, read_rows
+    from connectors.intake import Progress, ingest_rows
+    from infra.stack import token_key
+    from schemas.topics import declared_topics
+
+    home = _home(args)
+    _, dsn = resolve_endpoints(home)
+    stack = _stack()
+    path = Path(args.file)
+    if not path.exists():
+        print(f"aidledger: {path} does not exist", file=sys.stderr)
+        return 2
+    report_path = Path(args.report) if args.report else home / "reports" / f"{path.name}.rejections.csv"
+    bar = Progress(progress_total(path), f"ingest {path.name}", enabled=None if not args.json else False)
+    rows = read_rows(path)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        report = ingest_rows(
+            conn, _counting(rows, path, bar), source_name=path.name,
+            ledger_topic=declared_topics(stack)["ledger"].name, token_key=token_key(stack, home),
+            reference=default_reference(), report_path=report_path,
+        )
+    bar.close()
+    if args.json:
+        _dump(report.as_dict())
+    else:
+        print(f"{report.rows:,} rows: {report.accepted:,} accepted, {report.redelivered:,} already recorded "
+              f"(redelivered), {report.rejected:,} rejected in {report.seconds:.1f}s")
+        for code, n in report.rejections_by_code.most_common():
+            print(f"  rejected {n:>7,}  {code}")
+        if report.rejected:
+            print(f"rejection report: {report.report_path}")
+    return 0
+
+
+def _counting(rows, path: Path, bar):
+    total = path.stat().st_size
+    n = 0
+    for item in rows:
+        n += 1
+        if n % 5000 == 0:
+            bar.update(int(total * min(1.0, n / max(1, _estimate_rows(path)))), n)
+        yield item
+    bar.update(total, n)
+
+
+_ESTIMATES: dict[Path, int] = {}
+
+
+def _estimate_rows(path: Path) -> int:
+    if path not in _ESTIMATES:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+        lines = max(1, head.count(b"\n"))
+        _ESTIMATES[path] = max(1, int(path.stat().st_size / (len(head) / lines)))
+    return _ESTIMATES[path]
+
+
+# --- wait -----------------------------------------------------------------------------------
+
+def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
+    """Everything `wait` needs: what is still behind, per stage. Empty lists mean caught up."""
+    import psycopg
+
+    from infra import kafka
+    from projections.queries import progress
+    from schemas.topics import declared_topics
+    from streams.app import APP_ID
+
+    topics = declared_topics(stack)
+    ledger = topics["ledger"].name
+    with psycopg.connect(dsn) as conn:
+        prog = progress(conn)
+    behind = {"relay": [], "worker": [], "projector": []}
+    if prog["relay_seq"] < prog["outbox_max_seq"]:
+        behind["relay"].append(f"outbox {prog['outbox_max_seq'] - prog['relay_seq']} records unpublished")
+    produced = {p: o for (t, p), o in prog["relay_offsets"].items() if t == ledger}
+    committed = kafka.committed_offsets(bootstrap, APP_ID, ledger)
+    for p, end in sorted(produced.items()):
+        if committed.get(p, 0) < end:
+            behind["worker"].append(f"{ledger}[{p}] {end - committed.get(p, 0)} behind")
+        if prog["tracking"].get((ledger, p), 0) < end:
+            behind["projector"].append(f"{ledger}[{p}] {end - prog['tracking'].get((ledger, p), 0)} behind")
+    for role in ("alerts", "deadletter"):
+        spec = topics[role]
+        marks = asyncio.run(kafka.high_watermarks(bootstrap, spec.name, spec.partitions))
+        for p, end in marks.items():
+            done = prog["tracking"].get((spec.name, p), 0)
+            if done < end:
+                behind["projector"].append(f"{spec.name}[{p}] {end - done} behind")
+    return behind
+
+
+def cmd_wait(args) -> int:
+    home = _home(args)
+    bootstrap, dsn = resolve_endpoints(home)
+    stack = _stack()
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while True:
+        behind = lag_report(bootstrap, dsn, stack)
+        if not any(behind.values()):
+            if not args.quiet:
+                print("caught up: every ingested record is processed and projected")
+            return 0
+        last = behind
+        if time.monotonic() >= deadline:
+            print(f"aidledger wait: timed out after {args.timeout:g}s; still behind:", file=sys.stderr)
+            for stage, items in last.items():
+                for item in items[:8]:
+                    print(f"  {stage}: {item}", file=sys.stderr)
+            return 1
+        time.sleep(0.25)
+
+
+# --- queries --------------------------------------------------------------------------------
+
+def cmd_alerts(args) -> int:
+    import psycopg
+
+    from projections.queries import alerts
+
+    _, dsn = resolve_endpoints(_home(args))
+    with psycopg.connect(dsn) as conn:
+        items = alerts(conn, default_reference(), rule_id=args.rule, limit=args.limit)
+    if args.json:
+        _dump({"alerts": items})
+        return 0
+    if not items:
+        print("no alerts")
+    for a in items:
+        print(f"[{a['rule_id']}] {a['regency_name']} {a['programme_code']} {a['period']}  "
+              f"at stake Rp {a['amount_idr_at_stake']:,}".replace(",", "."))
+        print(f"    {a['message']}")
+    return 0
+
+
+def cmd_trail(args) -> int:
+    import psycopg
+
+    from infra.stack import token_key
+    from projections.queries import trail
+
+    home = _home(args)
+    _, dsn = resolve_endpoints(home)
+    key = token_key(_stack(), home)
+    if args.provisional:
+        token = nikmod.provisional_token(key, args.identity.strip())
+    else:
+        nik = nikmod.normalize(args.identity)
+        problem = nikmod.nik_problem(nik)
+        if problem:
+            print(f"aidledger trail: {problem}", file=sys.stderr)
+            return 2
+        token = nikmod.person_token(key, nik)
+    with psycopg.connect(dsn) as conn:
+        result = trail(conn, default_reference(), token, who=args.who or getpass.getuser(), why=args.why)
+    if args.json:
+        _dump(result)
+        return 0
+    print(f"person {token} ({result['identity_kind'] or 'unknown identity'}): {result['recipient_name'] or '-'}")
+    if not result["events"]:
+        print("no disbursements recorded")
+    for e in result["events"]:
+        flag = "" if e["accepted"] else f"  NOT ACCEPTED: {e['outcome']}"
+        print(f"  {e['disbursed_at'][:10]} {e['programme_code']:<13} {e['period']} Rp {e['amount_idr']:>12,} "
+              f"{e['source_system']}/{e['source_ref']} via {e['channel']} ({e['agency_code']}){flag}".replace(",", "."))
+    for a in result["alerts"]:
+        print(f"  ALERT [{a['rule_id']}] {a['message']}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    import psycopg
+
+    from projections.queries import summary
+
+    _, dsn = resolve_endpoints(_home(args))
+    with psycopg.connect(dsn) as conn:
+        _dump(summary(conn, default_reference()))
+    return 0
+
+
+def cmd_settings(args) -> int:
+    for group in ALL_GROUPS:
+        print(f"## {group.__name__}: {group.__doc__.strip()}")
+        for env, default, doc in group.describe():
+            print(f"  {env:<36} default {default!r:<14} {doc}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from aidledger.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_bench(args) -> int:
+    from aidledger.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aidledger", description="Event-sourced ledger for social assistance.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--home", help="stack home directory (default: AIDLEDGER_HOME or .aidledger)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "run the stack in the foreground until Ctrl-C")
+    p.add_argument("--workers", type=int, default=1, help="ledger worker processes (default 1)")
+    p = add("demo", cmd_demo, "start a fresh stack, ingest a synthetic Lampung dataset, print a summary")
+    p.add_argument("--records", type=int, default=120_000)
+    p.add_argument("--seed", type=int, default=20261122)
+    p.add_argument("--keep-running", action="store_true", help="leave the stack running after the summary")
+    p = add("ingest", cmd_ingest, "validate a JSON Lines or CSV file and record its disbursements")
+    p.add_argument("file")
+    p.add_argument("--report", help="rejection report path (default <home>/reports/<file>.rejections.csv)")
+    p.add_argument("--json", action="store_true")
+    p = add("wait", cmd_wait, "return once everything ingested is processed and projected")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--quiet", action="store_true")
+    p = add("alerts", cmd_alerts, "list the alerts raised so far")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--rule")
+    p.add_argument("--limit", type=int)
+    p = add("trail", cmd_trail, "one person's full history: events, totals, alerts")
+    p.add_argument("identity", help="the NIK (or, with --provisional, the provisional id)")
+    p.add_argument("--provisional", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--who", help="recorded in the vault access log (default: the OS user)")
+    p.add_argument("--why", default="trail", help="recorded in the vault access log")
+    add("status", cmd_status, "summary of the ledger as JSON")
+    add("settings", cmd_settings, "every setting with its environment variable and default")
+    p = add("bench", cmd_bench, "measure throughput and latency; results to bench/results/")
+    p.add_argument("--records", type=int, default=200_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default="bench/results/latest.json")
+    p = add("worker", cmd_worker, "(internal) one ledger worker process")
+    p.add_argument("--index", type=int, default=0)
+    add("project", cmd_project, "(internal) the projector process")
+    add("relay", cmd_relay, "(internal) the outbox relay process")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.home:
+        os.environ["AIDLEDGER_HOME"] = str(Path(args.home).resolve())
+    try:
+        return args.func(args) or 0
+    except NoStack as exc:
+        return int(exc.code)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

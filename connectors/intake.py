@@ -1,0 +1,212 @@
+"""File intake: validate each row with the core, then write accepted records durably into the
+PostgreSQL outbox (and clear identities into the vault) in chunks, one transaction per chunk.
+Rejected rows go to a rejection report (row, field, code, message) and to ledger.intake_rejections.
+The relay publishes the outbox to Kafka; a record is accepted once its chunk has committed.
+
+The same record submitted again (same event id) is counted as redelivered and stored once.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import psycopg
+
+from aidcore.intake import Accepted, Rejection, validate_record
+from aidcore.reference import Reference
+from connectors.files import RowError, read_rows
+from schemas import codec
+
+CHUNK_ROWS = 5000
+NOTIFY_CHANNEL = "aid_outbox"
+
+
+@dataclass
+class IntakeReport:
+    batch_id: str
+    source_name: str
+    rows: int = 0
+    accepted: int = 0
+    redelivered: int = 0
+    rejected: int = 0
+    rejections_by_code: Counter = field(default_factory=Counter)
+    accepted_idr_by_programme: Counter = field(default_factory=Counter)
+    accepted_by_programme: Counter = field(default_factory=Counter)
+    report_path: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "batch_id": self.batch_id, "source": self.source_name, "rows": self.rows,
+            "accepted": self.accepted, "redelivered": self.redelivered, "rejected": self.rejected,
+            "rejections_by_code": dict(self.rejections_by_code),
+            "accepted_by_programme": dict(self.accepted_by_programme),
+            "accepted_idr_by_programme": dict(self.accepted_idr_by_programme),
+            "rejection_report": self.report_path, "seconds": round(self.seconds, 3),
+        }
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _ts(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, timezone.utc)
+
+
+class Progress:
+    """A plain progress bar on stderr, for terminals only."""
+
+    def __init__(self, total: int, label: str, enabled: bool | None = None):
+        self.total = max(total, 1)
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.started = time.perf_counter()
+
+    def update(self, done: int, rows: int) -> None:
+        if not self.enabled:
+            return
+        frac = min(1.0, done / self.total)
+        rate = rows / max(1e-6, time.perf_counter() - self.started)
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {rows:>10,} rows {rate:>9,.0f} rows/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def ingest_rows(
+    conn: psycopg.Connection,
+    rows: Iterable[tuple[int, object]],
+    *,
+    source_name: str,
+    ledger_topic: str,
+    token_key: bytes,
+    reference: Reference,
+    report_path: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    now_us: Callable[[], int] = _now_us,
+) -> IntakeReport:
+    if not conn.autocommit:
+        raise ValueError("intake needs an autocommit connection: each chunk is its own transaction")
+    report = IntakeReport(batch_id=str(uuid.uuid4()), source_name=source_name)
+    started = time.perf_counter()
+    conn.execute(
+        "INSERT INTO ledger.intake_batches (batch_id, source_name, started_at) VALUES (%s, %s, now())",
+        (report.batch_id, source_name),
+    )
+    writer = None
+    report_file = None
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_file = open(report_path, "w", newline="", encoding="utf-8")
+        writer = csv.writer(report_file)
+        writer.writerow(["row_number", "field", "code", "message", "source_system", "source_ref"])
+        report.report_path = str(report_path)
+    try:
+        chunk: list[tuple[int, object]] = []
+        for item in rows:
+            chunk.append(item)
+            if len(chunk) >= CHUNK_ROWS:
+                _ingest_chunk(conn, chunk, report, writer, ledger_topic, token_key, reference, now_us())
+                chunk = []
+                if progress:
+                    progress(report.rows)
+        if chunk:
+            _ingest_chunk(conn, chunk, report, writer, ledger_topic, token_key, reference, now_us())
+            if progress:
+                progress(report.rows)
+    finally:
+        if report_file is not None:
+            report_file.close()
+    conn.execute(
+        "UPDATE ledger.intake_batches SET finished_at = now(), accepted = %s, redelivered = %s, rejected = %s WHERE batch_id = %s",
+        (report.accepted, report.redelivered, report.rejected, report.batch_id),
+    )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, token_key, reference, now_us: int) -> None:
+    outbox_rows = []
+    identities = {}
+    households = {}
+    rejections = []
+    by_event: dict[str, tuple[str, int]] = {}
+    for number, raw in chunk:
+        report.rows += 1
+        if isinstance(raw, RowError):
+            outcome: Accepted | Rejection = Rejection(raw.code, None, raw.message)
+        else:
+            outcome = validate_record(raw, reference=reference, token_key=token_key, now_us=now_us)
+        if isinstance(outcome, Rejection):
+            system = raw.get("source_system") if isinstance(raw, dict) else None
+            ref = raw.get("source_ref") if isinstance(raw, dict) else None
+            row = (number, outcome.field, outcome.code, outcome.message,
+                   str(system)[:128] if system is not None else None, str(ref)[:128] if ref is not None else None)
+            rejections.append(row)
+            report.rejected += 1
+            report.rejections_by_code[outcome.code] += 1
+            if writer is not None:
+                writer.writerow(row)
+            continue
+        d = outcome.disbursement
+        outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(), codec.encode_disbursement(d), _ts(d.recorded_at_us)))
+        by_event[d.event_id] = (d.programme_code, d.amount_idr)
+        ident = outcome.identity
+        identities[ident.person_token] = (ident.person_token, ident.identity_kind, ident.nik, ident.provisional_id, ident.recipient_name)
+        if d.kk_token and ident.kk:
+            households[d.kk_token] = (d.kk_token, ident.kk)
+    with conn.transaction():
+        with conn.cursor() as cur:
+            if outbox_rows:
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS stage_outbox (event_id uuid, topic text, key bytea, value bytea,"
+                    " recorded_at timestamptz) ON COMMIT DELETE ROWS"
+                )
+                with cur.copy("COPY stage_outbox FROM STDIN") as copy:
+                    for row in outbox_rows:
+                        copy.write_row(row)
+                cur.execute(
+                    "INSERT INTO ledger.outbox (event_id, topic, key, value, recorded_at)"
+                    " SELECT DISTINCT ON (event_id) event_id, topic, key, value, recorded_at FROM stage_outbox"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id::text"
+                )
+                inserted = [r[0] for r in cur.fetchall()]
+                report.accepted += len(inserted)
+                report.redelivered += len(outbox_rows) - len(inserted)
+                for event_id in inserted:
+                    programme, amount = by_event[event_id]
+                    report.accepted_by_programme[programme] += 1
+                    report.accepted_idr_by_programme[programme] += amount
+                cur.executemany(
+                    "INSERT INTO vault.identity (person_token, identity_kind, nik, provisional_id, recipient_name)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (person_token) DO NOTHING",
+                    list(identities.values()),
+                )
+                if households:
+                    cur.executemany(
+                        "INSERT INTO vault.household (kk_token, kk) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                        list(households.values()),
+                    )
+                cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            if rejections:
+                cur.executemany(
+                    "INSERT INTO ledger.intake_rejections (batch_id, row_number, field, code, message, source_system, source_ref)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(report.batch_id, *r) for r in rejections],
+                )
+
+
+def ingest_file(conn: psycopg.Connection, path: Path, **kwargs) -> IntakeReport:
+    return ingest_rows(conn, read_rows(path), source_name=path.name, **kwargs)

@@ -1,0 +1,230 @@
+"""The stack launcher and supervisor behind `aidledger up` and `aidledger demo`.
+
+Starts (or attaches to external) Kafka and PostgreSQL, applies migrations, creates the declared
+topics with explicit partition counts, then runs the relay, the projector and N ledger workers
+as child processes, restarting any that dies. Endpoints are recorded in <home>/endpoints.json so
+the other commands find the running stack. Owns process lifecycles, nothing about events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from aidcore.settings import ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
+from infra import embedded, kafka
+from projections.migrate import migrate
+from schemas.topics import declared_topics
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS_FILE = "endpoints.json"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def key_path(stack: StackSettings, home: Path) -> Path:
+    return Path(stack.nik_token_key_file) if stack.nik_token_key_file else home / "secrets" / "nik-token.key"
+
+
+def ensure_token_key(stack: StackSettings, home: Path) -> None:
+    """Create the NIK token secret on first start when none is configured."""
+    if stack.nik_token_key:
+        return
+    path = key_path(stack, home)
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+
+
+def token_key(stack: StackSettings, home: Path) -> bytes:
+    text = stack.nik_token_key
+    if not text:
+        path = key_path(stack, home)
+        if not path.exists():
+            raise StackError(f"no NIK token key: set AIDLEDGER_NIK_TOKEN_KEY or start the stack once (`aidledger up`) to create {path}")
+        text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise StackError("the NIK token key must be hex") from None
+    if len(key) < 16:
+        raise StackError("the NIK token key must be at least 16 bytes (32 hex characters)")
+    return key
+
+
+def load_endpoints(home: Path) -> dict | None:
+    path = home / ENDPOINTS_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+
+@dataclass
+class Stack:
+    home: Path
+    environ: Mapping[str, str]
+    workers: int = 1
+    stack: StackSettings = field(init=False)
+    broker: embedded.ManagedServer | None = None
+    postgres: embedded.ManagedServer | None = None
+    bootstrap: str = ""
+    database_url: str = ""
+    children: dict[str, Child] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.home = self.home.resolve()
+        self.stack = StackSettings.from_env(self.environ)
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        ensure_token_key(self.stack, self.home)
+        try:
+            if self.stack.kafka_bootstrap:
+                self.bootstrap = self.stack.kafka_bootstrap
+            else:
+                self.broker = embedded.start_broker(self.home, self.stack.broker_port)
+                self.bootstrap = self.broker.endpoint
+            if self.stack.database_url:
+                self.database_url = self.stack.database_url
+            else:
+                self.postgres = embedded.start_postgres(self.home, self.stack.postgres_port)
+                self.database_url = self.postgres.endpoint
+            migrate(self.database_url)
+            kafka.create_topics(self.bootstrap, list(declared_topics(self.stack).values()), self.stack.replication)
+            self.children["relay"] = Child("relay", ["relay"])
+            self.children["projector"] = Child("projector", ["project"])
+            for i in range(self.workers):
+                self.children[f"worker-{i}"] = Child(f"worker-{i}", ["worker", "--index", str(i)])
+            for child in self.children.values():
+                self._spawn(child)
+            self._write_endpoints()
+        except BaseException:
+            self.stop()
+            raise
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(self.environ)
+        env["AIDLEDGER_HOME"] = str(self.home)
+        env["AIDLEDGER_KAFKA_BOOTSTRAP"] = self.bootstrap
+        env["AIDLEDGER_DATABASE_URL"] = self.database_url
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _spawn(self, child: Child) -> None:
+        log_path = self.home / "logs" / f"{child.name}.log"
+        out = open(log_path, "ab")
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", "aidledger.cli", *child.args],
+            env=self.child_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    def endpoints(self) -> dict:
+        worker = WorkerSettings.from_env(self.environ)
+        metrics = {f"worker-{i}": f"http://127.0.0.1:{worker.metrics_port + i}/metrics" for i in range(self.workers)}
+        metrics["projector"] = f"http://127.0.0.1:{ProjectorSettings.from_env(self.environ).metrics_port}/metrics"
+        metrics["relay"] = f"http://127.0.0.1:{RelaySettings.from_env(self.environ).metrics_port}/metrics"
+        return {
+            "home": str(self.home),
+            "kafka_bootstrap": self.bootstrap,
+            "database_url": self.database_url,
+            "embedded_broker": self.broker is not None,
+            "embedded_postgres": self.postgres is not None,
+            "supervisor_pid": os.getpid(),
+            "workers": self.workers,
+            "topics": {role: spec.name for role, spec in declared_topics(self.stack).items()},
+            "metrics": metrics,
+            "children": {name: c.process.pid for name, c in self.children.items() if c.process},
+        }
+
+    def _write_endpoints(self) -> None:
+        path = self.home / ENDPOINTS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.endpoints(), indent=2))
+        tmp.replace(path)
+
+    # -- supervise -----------------------------------------------------------------------------
+    def check_children(self) -> list[str]:
+        """Restart children that died; returns the names restarted."""
+        restarted = []
+        for child in self.children.values():
+            if child.process is not None and child.process.poll() is not None:
+                log.warning("%s exited with %s; restarting", child.name, child.process.returncode)
+                child.restarts += 1
+                self._spawn(child)
+                restarted.append(child.name)
+        if restarted:
+            self._write_endpoints()
+        for name, server in (("broker", self.broker), ("postgres", self.postgres)):
+            if server is not None and not server.alive():
+                raise StackError(f"the embedded {name} stopped; see {server.log_path}")
+        return restarted
+
+    def run_until_stopped(self, poll_s: float = 0.5) -> None:
+        stopping = []
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            stopping.append(signum)
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            while not stopping:
+                self.check_children()
+                time.sleep(poll_s)
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # -- stop ----------------------------------------------------------------------------------
+    def stop_child(self, child: Child, timeout_s: float = 15.0) -> None:
+        p = child.process
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+    def stop(self) -> None:
+        for child in reversed(list(self.children.values())):
+            self.stop_child(child)
+        for server in (self.postgres, self.broker):
+            if server is not None:
+                server.stop()
+        path = self.home / ENDPOINTS_FILE
+        if path.exists():
+            path.unlink()

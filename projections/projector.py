@@ -1,0 +1,81 @@
+"""The projector process: reads the ledger, alert and dead-letter topics with manually assigned
+partitions (no consumer group: its positions are the tracking records in PostgreSQL), and writes
+each batch with its offsets in one transaction (`projections.writer.write_batch`).
+
+If a tracked offset lies beyond the end of a partition (the broker lost its log and it was
+re-published from zero), the consumer resets to the earliest offset and the re-read records are
+recognised by their identities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from aidcore.settings import ProjectorSettings, StackSettings
+from projections.writer import Record, prepare, tracked_offsets, write_batch
+from schemas.topics import declared_topics
+
+log = logging.getLogger(__name__)
+
+ROWS = Counter("aidledger_projector_rows_total", "Rows written by the projector, by kind", ["kind"])
+BATCH_SECONDS = Histogram(
+    "aidledger_projector_batch_seconds", "Time to write one batch and its tracking records",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+LAG = Gauge("aidledger_projector_lag_records", "Records behind the high watermark", ["topic", "partition"])
+ALERT_LATENCY = Histogram(
+    "aidledger_ingest_to_alert_seconds", "From intake of the triggering event to the alert being raised",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+PROJECTOR_NAME = "main"
+
+
+async def run_projector(database_url: str, stack: StackSettings, settings: ProjectorSettings,
+                        stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    specs = declared_topics(stack)
+    topic_names = {role: specs[role].name for role in ("ledger", "alerts", "deadletter")}
+    conn = psycopg.connect(database_url, autocommit=True)
+    prepare(conn)
+    offsets = tracked_offsets(conn, PROJECTOR_NAME)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(specs[role].name, p) for role in topic_names for p in range(specs[role].partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, offsets.get((tp.topic, tp.partition), 0))
+        log.info("projector reading %d partitions", len(tps))
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100, max_records=settings.batch_max)
+            if batch:
+                records = []
+                next_offsets = {}
+                for tp, messages in batch.items():
+                    for m in messages:
+                        records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ())))
+                    next_offsets[(tp.topic, tp.partition)] = messages[-1].offset + 1
+                started = time.perf_counter()
+                stats = await asyncio.to_thread(write_batch, conn, PROJECTOR_NAME, topic_names, records, next_offsets)
+                BATCH_SECONDS.observe(time.perf_counter() - started)
+                ROWS.labels("event").inc(stats.events_new)
+                ROWS.labels("alert").inc(stats.alerts)
+                ROWS.labels("deadletter").inc(stats.deadletters)
+                for ms in stats.alert_latencies_ms:
+                    ALERT_LATENCY.observe(ms / 1000.0)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - await consumer.position(tp)))
+    finally:
+        await consumer.stop()
+        conn.close()

@@ -1,0 +1,43 @@
+"""Every topic the ledger uses, declared once: name, partitions, key, value record, meaning.
+
+Keyed topics share one partition count so a person's ledger events, their alerts and their state
+changelog records sit on partitions with the same number. Retention is infinite: the log is the
+truth (Tansu needs retention configs set explicitly, and ignores compaction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aidcore.settings import StackSettings, topic_names
+from schemas.codec import ALERT, DISBURSEMENT, STATE_DELTA
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    role: str
+    name: str
+    partitions: int
+    key: str
+    value: str | None
+    doc: str
+
+    @property
+    def configs(self) -> dict[str, str]:
+        return {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+
+
+def declared_topics(stack: StackSettings) -> dict[str, TopicSpec]:
+    names = topic_names(stack)
+    n = stack.partitions
+    specs = [
+        TopicSpec("ledger", names["ledger"], n, "person_token (utf-8)", DISBURSEMENT,
+                  "every accepted disbursement, keyed by the recipient's token"),
+        TopicSpec("alerts", names["alerts"], n, "subject_token (utf-8)", ALERT,
+                  "cases raised or updated by the rules"),
+        TopicSpec("deadletter", names["deadletter"], n, "original key", None,
+                  "records the stream could not accept: original value, code and source position in headers"),
+        TopicSpec("state", names["state"], n, "source partition (utf-8)", STATE_DELTA,
+                  "changelog of the ledger worker's per-person state; partition p holds the deltas of ledger partition p"),
+    ]
+    return {s.role: s for s in specs}
