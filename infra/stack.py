@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,12 @@ ENDPOINTS_FILE = "endpoints.json"
 
 class StackError(RuntimeError):
     pass
+
+
+def _port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((host, port)) == 0
 
 
 def key_path(stack: StackSettings, home: Path) -> Path:
@@ -82,6 +89,8 @@ class Child:
     process: subprocess.Popen | None = None
     restarts: int = 0
     started_at: float = 0.0
+    backoff_s: float = 0.0
+    restart_at: float = 0.0
 
 
 @dataclass
@@ -101,9 +110,30 @@ class Stack:
         self.stack = StackSettings.from_env(self.environ)
 
     # -- start ---------------------------------------------------------------------------------
+    def ports(self) -> dict[str, int]:
+        """Every loopback port this stack will listen on, by the variable that sets it."""
+        worker = WorkerSettings.from_env(self.environ)
+        ports = {
+            "AIDLEDGER_PROJECTOR_METRICS_PORT": ProjectorSettings.from_env(self.environ).metrics_port,
+            "AIDLEDGER_RELAY_METRICS_PORT": RelaySettings.from_env(self.environ).metrics_port,
+        }
+        for i in range(self.workers):
+            ports[f"AIDLEDGER_WORKER_METRICS_PORT (+{i})"] = worker.metrics_port + i
+        if not self.stack.kafka_bootstrap:
+            ports["AIDLEDGER_BROKER_PORT"] = self.stack.broker_port
+        if not self.stack.database_url:
+            ports["AIDLEDGER_POSTGRES_PORT"] = self.stack.postgres_port
+        return ports
+
+    def check_ports(self) -> None:
+        taken = [f"{var}={port}" for var, port in self.ports().items() if _port_taken(port)]
+        if taken:
+            raise StackError("ports already in use: " + ", ".join(taken) + " (another stack running? set these variables to free ports)")
+
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
+        self.check_ports()
         ensure_token_key(self.stack, self.home)
         try:
             if self.stack.kafka_bootstrap:
@@ -175,12 +205,22 @@ class Stack:
 
     # -- supervise -----------------------------------------------------------------------------
     def check_children(self) -> list[str]:
-        """Restart children that died; returns the names restarted."""
+        """Restart children that died, backing off when one keeps dying young; returns the names
+        restarted."""
         restarted = []
+        now = time.monotonic()
         for child in self.children.values():
-            if child.process is not None and child.process.poll() is not None:
-                log.warning("%s exited with %s; restarting", child.name, child.process.returncode)
+            if child.process is None or child.process.poll() is None:
+                continue
+            if child.restart_at == 0.0:
+                lived = now - child.started_at
+                child.backoff_s = 0.0 if lived > 30 else min(30.0, max(1.0, child.backoff_s * 2))
+                child.restart_at = now + child.backoff_s
+                log.warning("%s exited with %s after %.1fs; restarting in %.0fs (see %s)", child.name,
+                            child.process.returncode, lived, child.backoff_s, self.home / "logs" / f"{child.name}.log")
+            if now >= child.restart_at:
                 child.restarts += 1
+                child.restart_at = 0.0
                 self._spawn(child)
                 restarted.append(child.name)
         if restarted:
