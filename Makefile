@@ -1,0 +1,33 @@
+# Two commands do all set-up: `make demo` and `make test`. Everything installs into .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: install demo test test-unit test-integration bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/aidledger demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests $(ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/aidledger bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .aidledger *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,159 @@
+"""The walking skeleton end to end, through the public CLI, on the real broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+
+import psycopg
+import pytest
+
+from aidcore.ledger import RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION
+from aidledger.demo import answer_key_check
+from connectors import synthetic
+from infra.stack import token_key
+from conftest import read_topic
+
+pytestmark = pytest.mark.integration
+
+EVENT_FIELDS = {
+    "event_id", "source_system", "source_ref", "source_type", "agency_code", "programme_code", "amount_idr",
+    "kind", "period", "disbursed_at", "channel", "region_code", "funding_account", "recorded_at", "accepted", "outcome",
+}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return synthetic.generate(6000, seed=7, months=3)
+
+
+@pytest.fixture(scope="module")
+def ingested(stack, cli, dataset, tmp_path_factory):
+    path = tmp_path_factory.mktemp("input") / "disbursements.jsonl"
+    synthetic.write_jsonl(path, dataset.records)
+    report = json.loads(cli.run("ingest", str(path), "--json").stdout)
+    cli.run("wait", "--timeout", "180")
+    return report
+
+
+def test_ingest_counts_and_rejection_report(ingested, dataset):
+    kinds = Counter(c.kind for c in dataset.answer_key)
+    assert ingested["rows"] == len(dataset.records)
+    assert ingested["rejected"] == kinds["invalid"]
+    assert ingested["redelivered"] == kinds["redelivery"]
+    assert ingested["accepted"] == len(dataset.records) - kinds["invalid"] - kinds["redelivery"]
+    with open(ingested["rejection_report"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert Counter(r["code"] for r in rows) == Counter(c.rule_id for c in dataset.answer_key if c.kind == "invalid")
+    assert {(r["source_system"], r["source_ref"]) for r in rows} == {
+        c.source_refs[0] for c in dataset.answer_key if c.kind == "invalid"
+    }
+
+
+def test_alerts_match_the_answer_key(stack, cli, ingested, dataset):
+    alerts = json.loads(cli.run("alerts", "--json").stdout)["alerts"]
+    check = answer_key_check(dataset, alerts, token_key(stack.stack, stack.home))
+    for rule in (RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION):
+        assert check[rule]["planted"] > 0
+        assert check[rule]["precision"] == 1.0, check
+        assert check[rule]["recall"] == 1.0, check
+    for a in alerts:
+        assert a["rulebook_version"] and a["message"] and a["regency_name"]
+        assert a["events"] and all(set(e) == {"event_id", "source_system", "source_ref", "amount_idr", "disbursed_at"} for e in a["events"])
+
+
+def test_trail_shows_a_duplicate_in_stable_json(stack, cli, ingested, dataset):
+    case = next(c for c in dataset.answer_key if c.kind == "duplicate_person" and c.nik and len(c.nik) == 16)
+    out = json.loads(cli.run("trail", case.nik, "--json", "--why", "integration test").stdout)
+    assert out["identity_kind"] == "NIK"
+    for e in out["events"]:
+        assert set(e) == EVENT_FIELDS
+        assert isinstance(e["amount_idr"], int)
+    paid = [e for e in out["events"] if e["programme_code"] == case.programme_code and e["period"] == case.period]
+    assert {(e["source_system"], e["source_ref"]) for e in paid} == set(case.source_refs)
+    assert any(a["rule_id"] == RULE_DUPLICATE_PERSON and a["period"] == case.period for a in out["alerts"])
+    total = next(t for t in out["totals"] if t["programme_code"] == case.programme_code and t["period"] == case.period)
+    assert total["payments"] == 2 and total["amount_idr_total"] == sum(e["amount_idr"] for e in paid)
+    with psycopg.connect(stack.database_url) as conn:
+        logged = conn.execute("SELECT count(*) FROM vault.access_log WHERE why = 'integration test'").fetchone()[0]
+    assert logged == 1
+
+
+def test_totals_projection_equals_the_archive(stack, ingested):
+    with psycopg.connect(stack.database_url) as conn:
+        diff = conn.execute(
+            "SELECT count(*) FROM (SELECT person_token, programme_code, period, sum(amount_idr)::bigint AS a, count(*)::int AS n"
+            " FROM ledger.events WHERE accepted GROUP BY 1, 2, 3) e"
+            " FULL JOIN ledger.person_totals t USING (person_token, programme_code, period)"
+            " WHERE e.a IS DISTINCT FROM t.amount_idr_total OR e.n IS DISTINCT FROM t.payments"
+        ).fetchone()[0]
+        events, outbox = conn.execute("SELECT (SELECT count(*) FROM ledger.events), (SELECT count(*) FROM ledger.outbox)").fetchone()
+    assert diff == 0
+    assert events == outbox
+
+
+def test_no_clear_nik_leaves_intake(stack, ingested, dataset):
+    niks = {r["nik"] for r in dataset.records if r["nik"]}
+    digits16 = re.compile(rb"(?<![0-9])[0-9]{16}(?![0-9])")
+    for role, name in stack.endpoints()["topics"].items():
+        for record in read_topic(stack.bootstrap, name, stack.stack.partitions):
+            blobs = [record.key or b"", record.value or b""] + [v for _, v in (record.headers or ())]
+            for blob in blobs:
+                for run in digits16.findall(blob):
+                    assert run.decode() not in niks, f"clear NIK on topic {name}"
+    logs = "".join(p.read_text(errors="replace") for p in (stack.home / "logs").glob("*.log"))
+    assert not any(n in logs for n in niks)
+
+
+def test_redelivered_and_garbage_records_on_the_topic(stack, cli, ingested):
+    """At-least-once delivery: the same record twice on the log changes nothing; bytes that are not
+    an event are dead-lettered with a named code and the partition keeps flowing."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    ledger = stack.endpoints()["topics"]["ledger"]
+    with psycopg.connect(stack.database_url) as conn:
+        key, value = conn.execute("SELECT key, value FROM ledger.outbox ORDER BY seq LIMIT 1").fetchone()
+        before = conn.execute("SELECT sum(amount_idr_total)::bigint, sum(payments)::bigint FROM ledger.person_totals").fetchone()
+
+    async def produce():
+        p = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+        await p.start()
+        try:
+            await p.send_and_wait(ledger, bytes(value), key=bytes(key))
+            await p.send_and_wait(ledger, b"not avro at all", key=bytes(key))
+            await p.send_and_wait(ledger, b"\xc3\x01" + b"\x00" * 8 + b"body", key=bytes(key))
+        finally:
+            await p.stop()
+
+    asyncio.run(produce())
+    from conftest import wait_until
+
+    def dead_letters():
+        with psycopg.connect(stack.database_url) as conn:
+            return dict(conn.execute("SELECT code, count(*) FROM ledger.deadletters WHERE stage = 'stream' GROUP BY 1").fetchall())
+
+    codes = wait_until(lambda: (d := dead_letters()).get("avro_marker_invalid") and d.get("schema_fingerprint_unknown") and d,
+                       60, "dead letters for the garbage records")
+    assert codes["avro_marker_invalid"] == 1 and codes["schema_fingerprint_unknown"] == 1
+    cli.run("wait", "--timeout", "60")
+    with psycopg.connect(stack.database_url) as conn:
+        after = conn.execute("SELECT sum(amount_idr_total)::bigint, sum(payments)::bigint FROM ledger.person_totals").fetchone()
+    assert after == before
+
+
+def test_wait_fails_on_timeout_while_the_worker_is_down(stack, cli, ingested, tmp_path):
+    worker = stack.children["worker-0"]
+    stack.stop_child(worker)
+    record = synthetic.generate(1, seed=99).records[0]
+    path = tmp_path / "one.jsonl"
+    synthetic.write_jsonl(path, [record])
+    cli.run("ingest", str(path))
+    proc = cli.run("wait", "--timeout", "3", check=False)
+    assert proc.returncode == 1
+    assert "worker" in proc.stderr
+    stack._spawn(worker)
+    cli.run("wait", "--timeout", "120")
