@@ -12,7 +12,6 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
 from aidcore import nik as nikmod
@@ -151,24 +150,44 @@ def _reject(code: str, field: str | None, message: str) -> Rejection:
     return Rejection(code, field, message)
 
 
+_MAX_AMOUNT_CHARS = 24
+
+
 def parse_amount(value: Any) -> int | str:
-    """Whole rupiah, or the code of the first problem."""
+    """Whole rupiah, or the code of the first problem. Text must be ASCII digits with at most a
+    fraction of zeros ("200000", "200000.00"): no exponents, signs other than '-', separators or
+    non-ASCII digits, and nothing long enough to be expensive to read."""
     if value is None or value == "":
         return "amount_idr_required"
     if isinstance(value, bool):
         return "amount_idr_must_be_integer"
     if isinstance(value, int):
         amount = value
-    else:
-        try:
-            number = Decimal(str(value).strip()) if not isinstance(value, float) else Decimal(repr(value))
-        except InvalidOperation:
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
             return "amount_idr_must_be_integer"
-        if not number.is_finite():
-            return "amount_idr_must_be_integer"
-        if number != number.to_integral_value():
+        if not value.is_integer():
             return "amount_idr_must_be_whole_rupiah"
-        amount = int(number)
+        amount = int(value)
+    else:
+        text = str(value).strip()
+        if not text:
+            return "amount_idr_required"
+        if len(text) > _MAX_AMOUNT_CHARS:
+            return "amount_idr_must_be_integer"
+        negative = text.startswith("-")
+        digits = text[1:] if negative else text
+        whole, dot, fraction = digits.partition(".")
+        if not whole or not all(c in nikmod.ASCII_DIGITS for c in whole) or (dot and not fraction):
+            return "amount_idr_must_be_integer"
+        if fraction and not all(c in nikmod.ASCII_DIGITS for c in fraction):
+            return "amount_idr_must_be_integer"
+        if len(fraction) > 2:
+            # "200.000" is two hundred thousand in Indonesian notation: never guess a separator
+            return "amount_idr_must_be_integer"
+        if fraction.strip("0"):
+            return "amount_idr_must_be_whole_rupiah"
+        amount = -int(whole) if negative else int(whole)
     if amount <= 0:
         return "amount_idr_must_be_positive"
     return amount

@@ -102,7 +102,8 @@ def alert_id(rule_id: str, subject_token: str, period: str, fingerprint: str) ->
 
 
 def first_difference(old: bytes, new: bytes) -> str:
-    """The outcome for a key seen before: exists, or exists_with_different_<first field>."""
+    """The first content field whose 2-byte digest differs, as exists_with_different_<field>;
+    `exists` when none does. Only meaningful once the event ids are known to differ."""
     if old == new:
         return outcomes.EXISTS
     for i, name in enumerate(outcomes.CONTENT_FIELDS):
@@ -111,6 +112,16 @@ def first_difference(old: bytes, new: bytes) -> str:
         if a != b:
             return outcomes.exists_with_different(name)
     return "exists_with_different_content"
+
+
+def resubmission_outcome(original_event_id: str, original_digests: bytes, event: Disbursement, digests: bytes | None = None) -> str:
+    """The outcome for an idempotency key seen before. The event id is a SHA-256 digest of the
+    whole content, so equal ids mean a true redelivery; the short per-field digests only name
+    the field that differs (and can collide, hence `exists_with_different_content`)."""
+    if original_event_id == event.event_id:
+        return outcomes.EXISTS
+    outcome = first_difference(original_digests, digests if digests is not None else field_digests(event.content_values()))
+    return "exists_with_different_content" if outcome == outcomes.EXISTS else outcome
 
 
 def payment_of(event: Disbursement, digests: bytes) -> Payment:
@@ -155,10 +166,10 @@ def decide_batch(
         digests = field_digests(event.content_values())
         seen = state.get(key)
         if seen is not None:
-            outcome = first_difference(seen.digests, digests)
+            outcome = resubmission_outcome(seen.event_id, seen.digests, event, digests)
             result.outcomes.append(outcome)
             if outcome != outcomes.EXISTS and RULE_MODIFIED_RESUBMISSION in rulebook.enabled:
-                alert = _modified_alert(event, seen, outcome, rulebook, reference, now_us)
+                alert = modified_resubmission_alert(event, seen, token, outcome, rulebook, reference, now_us)
                 result.alerts[alert.alert_id] = alert
             continue
         state[key] = payment_of(event, digests)
@@ -220,9 +231,12 @@ def _duplicate_alert(
     )
 
 
-def _modified_alert(
-    event: Disbursement, seen: Payment, outcome: str, rulebook: Rulebook, reference: Reference, now_us: int
+def modified_resubmission_alert(
+    event: Disbursement, seen: Payment, seen_person_token: str, outcome: str, rulebook: Rulebook,
+    reference: Reference, now_us: int,
 ) -> Alert:
+    """The case of a key sent again with other content. Its subject is the person the original
+    payment was recorded for (the new version may name someone else)."""
     field_name = outcome.removeprefix("exists_with_different_")
     original = AlertLine(seen.event_id, event.source_system, event.source_ref, seen.amount_idr, seen.disbursed_at_us)
     attempt = AlertLine(event.event_id, event.source_system, event.source_ref, event.amount_idr, event.disbursed_at_us)
@@ -233,13 +247,13 @@ def _modified_alert(
         f"Either the sending system has a bug or the record was altered."
     )
     return Alert(
-        alert_id=alert_id(RULE_MODIFIED_RESUBMISSION, event.person_token, seen.period, idem_key(event.source_system, event.source_ref)),
+        alert_id=alert_id(RULE_MODIFIED_RESUBMISSION, seen_person_token, seen.period, idem_key(event.source_system, event.source_ref)),
         revision=1,
         rule_id=RULE_MODIFIED_RESUBMISSION,
         rulebook_version=rulebook.version,
         outcome_code=outcome,
         subject_kind="PERSON",
-        subject_token=event.person_token,
+        subject_token=seen_person_token,
         programme_code=seen.programme_code,
         period=seen.period,
         region_code=seen.region_code,

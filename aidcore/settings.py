@@ -54,6 +54,8 @@ class StackSettings(_Group):
     nik_token_key: str = _setting("AIDLEDGER_NIK_TOKEN_KEY", "", "hex secret for NIK tokens (HMAC-SHA256); empty reads AIDLEDGER_NIK_TOKEN_KEY_FILE")
     nik_token_key_file: str = _setting("AIDLEDGER_NIK_TOKEN_KEY_FILE", "", "file holding the hex token secret; empty means <home>/secrets/nik-token.key, created by `up` when missing")
     log_level: str = _setting("AIDLEDGER_LOG_LEVEL", "INFO", "log level of every process")
+    rulebook_version: str = _setting("AIDLEDGER_RULEBOOK_VERSION", "builtin-1", "rulebook version stamped on alerts")
+    fetch_max_wait_ms: int = _setting("AIDLEDGER_FETCH_MAX_WAIT_MS", 25, "longest a consumer's fetch waits at the broker; Tansu answers only when it expires, so this bounds latency")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,6 @@ class WorkerSettings(_Group):
     batch_within_ms: int = _setting("AIDLEDGER_WORKER_BATCH_WITHIN_MS", 20, "longest wait to fill a batch")
     session_timeout_s: float = _setting("AIDLEDGER_WORKER_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout (Tansu holds a join for half of it)")
     commit_interval_s: float = _setting("AIDLEDGER_WORKER_COMMIT_INTERVAL_S", 1.0, "how often consumed offsets are committed")
-    rulebook_version: str = _setting("AIDLEDGER_RULEBOOK_VERSION", "builtin-1", "rulebook version stamped on alerts")
 
 
 @dataclass(frozen=True)

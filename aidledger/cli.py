@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 
 from aidcore import nik as nikmod
+from aidcore.ledger import Rulebook
 from aidcore.reference import default_reference
 from aidcore.settings import ALL_GROUPS, ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
 
@@ -155,8 +156,9 @@ def cmd_ingest(args) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         report = ingest_rows(
             conn, _counting(rows, path, bar), source_name=path.name,
-            ledger_topic=declared_topics(stack)["ledger"].name, token_key=token_key(stack, home),
-            reference=default_reference(), report_path=report_path,
+            ledger_topic=declared_topics(stack)["ledger"].name, alerts_topic=declared_topics(stack)["alerts"].name,
+            token_key=token_key(stack, home), reference=default_reference(), report_path=report_path,
+            rulebook=Rulebook(version=stack.rulebook_version),
         )
     bar.close()
     if args.json:
@@ -375,8 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "summary of the ledger as JSON")
     add("settings", cmd_settings, "every setting with its environment variable and default")
     p = add("bench", cmd_bench, "measure throughput and latency; results to bench/results/")
-    p.add_argument("--records", type=int, default=200_000)
+    p.add_argument("--records", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--paced-rate", type=int, default=1000, help="offered events/s in the latency phase")
+    p.add_argument("--paced-seconds", type=float, default=15.0)
     p.add_argument("--out", default="bench/results/latest.json")
     p = add("worker", cmd_worker, "(internal) one ledger worker process")
     p.add_argument("--index", type=int, default=0)

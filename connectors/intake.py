@@ -20,7 +20,15 @@ from typing import Callable, Iterable
 
 import psycopg
 
-from aidcore.intake import Accepted, Rejection, validate_record
+from aidcore.intake import Accepted, Rejection, field_digests, validate_record
+from aidcore.ledger import (
+    RULE_MODIFIED_RESUBMISSION,
+    Payment,
+    Rulebook,
+    modified_resubmission_alert,
+    payment_of,
+    resubmission_outcome,
+)
 from aidcore.reference import Reference
 from connectors.files import RowError, read_rows
 from schemas import codec
@@ -96,10 +104,14 @@ def ingest_rows(
     report_path: Path | None = None,
     progress: Callable[[int], None] | None = None,
     now_us: Callable[[], int] = _now_us,
+    chunk_rows: int = CHUNK_ROWS,
+    alerts_topic: str,
+    rulebook: Rulebook | None = None,
 ) -> IntakeReport:
     if not conn.autocommit:
         raise ValueError("intake needs an autocommit connection: each chunk is its own transaction")
     report = IntakeReport(batch_id=str(uuid.uuid4()), source_name=source_name)
+    rulebook = rulebook or Rulebook()
     started = time.perf_counter()
     conn.execute(
         "INSERT INTO ledger.intake_batches (batch_id, source_name, started_at) VALUES (%s, %s, now())",
@@ -117,13 +129,13 @@ def ingest_rows(
         chunk: list[tuple[int, object]] = []
         for item in rows:
             chunk.append(item)
-            if len(chunk) >= CHUNK_ROWS:
-                _ingest_chunk(conn, chunk, report, writer, ledger_topic, token_key, reference, now_us())
+            if len(chunk) >= chunk_rows:
+                _ingest_chunk(conn, chunk, report, writer, ledger_topic, alerts_topic, token_key, reference, rulebook, now_us())
                 chunk = []
                 if progress:
                     progress(report.rows)
         if chunk:
-            _ingest_chunk(conn, chunk, report, writer, ledger_topic, token_key, reference, now_us())
+            _ingest_chunk(conn, chunk, report, writer, ledger_topic, alerts_topic, token_key, reference, rulebook, now_us())
             if progress:
                 progress(report.rows)
     finally:
@@ -137,58 +149,103 @@ def ingest_rows(
     return report
 
 
-def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, token_key, reference, now_us: int) -> None:
-    outbox_rows = []
-    identities = {}
-    households = {}
+def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alerts_topic, token_key, reference,
+                  rulebook: Rulebook, now_us: int) -> None:
+    candidates: list[tuple[int, Accepted]] = []
     rejections = []
-    by_event: dict[str, tuple[str, int]] = {}
+
+    def reject(number: int, raw: object, code: str, field: str | None, message: str) -> None:
+        system = raw.get("source_system") if isinstance(raw, dict) else None
+        ref = raw.get("source_ref") if isinstance(raw, dict) else None
+        row = (number, field, code, message,
+               str(system)[:128] if system is not None else None, str(ref)[:128] if ref is not None else None)
+        rejections.append(row)
+        report.rejected += 1
+        report.rejections_by_code[code] += 1
+        if writer is not None:
+            writer.writerow(row)
+
+    raws = {}
     for number, raw in chunk:
         report.rows += 1
         if isinstance(raw, RowError):
-            outcome: Accepted | Rejection = Rejection(raw.code, None, raw.message)
-        else:
-            outcome = validate_record(raw, reference=reference, token_key=token_key, now_us=now_us)
-        if isinstance(outcome, Rejection):
-            system = raw.get("source_system") if isinstance(raw, dict) else None
-            ref = raw.get("source_ref") if isinstance(raw, dict) else None
-            row = (number, outcome.field, outcome.code, outcome.message,
-                   str(system)[:128] if system is not None else None, str(ref)[:128] if ref is not None else None)
-            rejections.append(row)
-            report.rejected += 1
-            report.rejections_by_code[outcome.code] += 1
-            if writer is not None:
-                writer.writerow(row)
+            reject(number, raw, raw.code, None, raw.message)
             continue
-        d = outcome.disbursement
-        outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(), codec.encode_disbursement(d), _ts(d.recorded_at_us)))
-        by_event[d.event_id] = (d.programme_code, d.amount_idr)
-        ident = outcome.identity
-        identities[ident.person_token] = (ident.person_token, ident.identity_kind, ident.nik, ident.provisional_id, ident.recipient_name)
-        if d.kk_token and ident.kk:
-            households[d.kk_token] = (d.kk_token, ident.kk)
+        outcome = validate_record(raw, reference=reference, token_key=token_key, now_us=now_us)
+        if isinstance(outcome, Rejection):
+            reject(number, raw, outcome.code, outcome.field, outcome.message)
+        else:
+            candidates.append((number, outcome))
+            raws[number] = raw
+
     with conn.transaction():
         with conn.cursor() as cur:
+            # one intake at a time decides on keys, so two files racing on one key cannot both win
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_KEYS_LOCK,))
+            known = _known_keys(cur, candidates)
+            outbox_rows, new_keys, identities, households = [], [], {}, {}
+            by_event: dict[str, tuple[str, int]] = {}
+            for number, acc in candidates:
+                d = acc.disbursement
+                key = (d.source_system, d.source_ref)
+                original = known.get(key)
+                if original is not None and original.event_id == d.event_id:
+                    report.redelivered += 1
+                    continue
+                if original is not None and original.person_token != d.person_token:
+                    code = resubmission_outcome(original.event_id, original.digests, d)
+                    reject(number, raws[number], code, "nik",
+                           f"{d.source_system} reference {d.source_ref} was already recorded for another person")
+                    if RULE_MODIFIED_RESUBMISSION in rulebook.enabled:
+                        alert = modified_resubmission_alert(d, original.payment, original.person_token, code, rulebook,
+                                                            reference, now_us)
+                        outbox_rows.append((_alert_row_id(alert), alerts_topic, alert.subject_token.encode(),
+                                            codec.encode_alert(alert), _ts(now_us)))
+                    continue
+                if original is None:
+                    digests = field_digests(d.content_values())
+                    entry = _KnownKey(d.event_id, d.person_token, digests, payment_of(d, digests))
+                    known[key] = entry
+                    new_keys.append((d.source_system, d.source_ref, d.event_id, d.person_token, digests, d.programme_code,
+                                     d.period, d.amount_idr, d.disbursed_at_us, d.region_code, d.source_type))
+                # a new key, or the same person's key with other content: the stream decides and alerts
+                outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(), codec.encode_disbursement(d),
+                                    _ts(d.recorded_at_us)))
+                by_event[d.event_id] = (d.programme_code, d.amount_idr)
+                ident = acc.identity
+                identities[ident.person_token] = (ident.person_token, ident.identity_kind, ident.nik,
+                                                  ident.provisional_id, ident.recipient_name)
+                if d.kk_token and ident.kk:
+                    households[d.kk_token] = (d.kk_token, ident.kk)
+            if new_keys:
+                with cur.copy("COPY ledger.intake_keys (source_system, source_ref, event_id, person_token, digests,"
+                              " programme_code, period, amount_idr, disbursed_at_us, region_code, source_type) FROM STDIN") as copy:
+                    for row in new_keys:
+                        copy.write_row(row)
             if outbox_rows:
                 cur.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS stage_outbox (event_id uuid, topic text, key bytea, value bytea,"
-                    " recorded_at timestamptz) ON COMMIT DELETE ROWS"
+                    "CREATE TEMP TABLE IF NOT EXISTS stage_outbox (ord int, event_id uuid, topic text, key bytea,"
+                    " value bytea, recorded_at timestamptz) ON COMMIT DELETE ROWS"
                 )
                 with cur.copy("COPY stage_outbox FROM STDIN") as copy:
-                    for row in outbox_rows:
-                        copy.write_row(row)
+                    for ord_, row in enumerate(outbox_rows):
+                        copy.write_row((ord_, *row))
+                # outbox order is input order: it is the order of each person's events on the log
                 cur.execute(
                     "INSERT INTO ledger.outbox (event_id, topic, key, value, recorded_at)"
-                    " SELECT DISTINCT ON (event_id) event_id, topic, key, value, recorded_at FROM stage_outbox"
+                    " SELECT event_id, topic, key, value, recorded_at FROM"
+                    " (SELECT DISTINCT ON (event_id) * FROM stage_outbox ORDER BY event_id, ord) s"
+                    " ORDER BY ord"
                     " ON CONFLICT (event_id) DO NOTHING RETURNING event_id::text"
                 )
-                inserted = [r[0] for r in cur.fetchall()]
-                report.accepted += len(inserted)
-                report.redelivered += len(outbox_rows) - len(inserted)
-                for event_id in inserted:
-                    programme, amount = by_event[event_id]
-                    report.accepted_by_programme[programme] += 1
-                    report.accepted_idr_by_programme[programme] += amount
+                inserted = {r[0] for r in cur.fetchall()}
+                for event_id, (programme, amount) in by_event.items():
+                    if event_id in inserted:
+                        report.accepted += 1
+                        report.accepted_by_programme[programme] += 1
+                        report.accepted_idr_by_programme[programme] += amount
+                    else:
+                        report.redelivered += 1
                 cur.executemany(
                     "INSERT INTO vault.identity (person_token, identity_kind, nik, provisional_id, recipient_name)"
                     " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (person_token) DO NOTHING",
@@ -206,6 +263,40 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, token
                     " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     [(report.batch_id, *r) for r in rejections],
                 )
+
+
+_KEYS_LOCK = 0x41_49_44_4B  # "AIDK"
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownKey:
+    event_id: str
+    person_token: str
+    digests: bytes
+    payment: Payment
+
+
+def _known_keys(cur, candidates) -> dict[tuple[str, str], _KnownKey]:
+    if not candidates:
+        return {}
+    systems = [acc.disbursement.source_system for _, acc in candidates]
+    refs = [acc.disbursement.source_ref for _, acc in candidates]
+    cur.execute(
+        "SELECT k.source_system, k.source_ref, k.event_id::text, k.person_token, k.digests, k.programme_code, k.period,"
+        " k.amount_idr, k.disbursed_at_us, k.region_code, k.source_type FROM ledger.intake_keys k"
+        " JOIN unnest(%s::text[], %s::text[]) AS c(s, r) ON k.source_system = c.s AND k.source_ref = c.r",
+        (systems, refs),
+    )
+    out = {}
+    for system, ref, event_id, token, digests, programme, period, amount, at_us, region, source_type in cur.fetchall():
+        digests = bytes(digests)
+        out[(system, ref)] = _KnownKey(event_id, token, digests,
+                                       Payment(event_id, programme, period, amount, digests, at_us, region, source_type))
+    return out
+
+
+def _alert_row_id(alert) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"aidledger-alert:{alert.alert_id}:{alert.revision}:{alert.trigger_event_id}"))
 
 
 def ingest_file(conn: psycopg.Connection, path: Path, **kwargs) -> IntakeReport:

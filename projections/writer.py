@@ -20,7 +20,7 @@ import psycopg
 
 from aidcore import outcomes
 from aidcore.intake import Disbursement, field_digests
-from aidcore.ledger import first_difference
+from aidcore.ledger import resubmission_outcome
 from schemas import codec
 
 
@@ -126,7 +126,10 @@ def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
         " WHERE e.accepted",
         ([d.source_system for _, d in fresh], [d.source_ref for _, d in fresh]),
     )
-    originals: dict[tuple[str, str], bytes] = {(s, ref): field_digests(codec.decode_disbursement(bytes(v)).content_values()) for s, ref, v in cur.fetchall()}
+    originals: dict[tuple[str, str], tuple[str, bytes]] = {}
+    for s, ref, v in cur.fetchall():
+        original = codec.decode_disbursement(bytes(v))
+        originals[(s, ref)] = (original.event_id, field_digests(original.content_values()))
     rows = []
     totals: dict[tuple[str, str, str], list] = {}
     for r, d in fresh:
@@ -135,13 +138,13 @@ def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
         original = originals.get(key)
         if original is None:
             accepted, outcome = True, outcomes.ACCEPTED
-            originals[key] = digests
+            originals[key] = (d.event_id, digests)
             t = totals.setdefault((d.person_token, d.programme_code, d.period), [0, 0, d.region_code])
             t[0] += d.amount_idr
             t[1] += 1
             stats.events_accepted += 1
         else:
-            accepted, outcome = False, first_difference(original, digests)
+            accepted, outcome = False, resubmission_outcome(original[0], original[1], d, digests)
             stats.events_conflicting += 1
         rows.append(
             (

@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from aidcore import outcomes
 from aidcore.ledger import Rulebook, decide_batch
@@ -44,8 +45,8 @@ class LedgerProcessor:
         self.alerts_topic = topics["alerts"].name
         self.dead_topic = topics["deadletter"].name
         self.state_topic = topics["state"].name
-        self.state = LedgerState(bootstrap_of(stack), self.state_topic)
-        self.rulebook = Rulebook(version=worker.rulebook_version)
+        self.state = LedgerState(bootstrap_of(stack), self.state_topic, stack.fetch_max_wait_ms)
+        self.rulebook = Rulebook(version=stack.rulebook_version)
         self.reference = reference
 
     async def process(self, events: Sequence[Any]) -> None:
@@ -132,8 +133,25 @@ def bootstrap_of(stack: StackSettings) -> str:
     return stack.kafka_bootstrap
 
 
+def _limit_fetch_wait(fetch_max_wait_ms: int) -> None:
+    """Faust builds its consumer with fetch_max_wait_ms=1500 and offers no setting for it. Tansu
+    answers a fetch only when that wait expires, even when records arrive sooner (measured: median
+    650 ms at 1500, 3-6 ms at 20-100), so the wait is lowered on the consumer before it starts."""
+    thread_cls = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(thread_cls, "_aidledger_original_create", None) or thread_cls._create_worker_consumer
+
+    def create(self, transport):
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms
+        return consumer
+
+    thread_cls._aidledger_original_create = original
+    thread_cls._create_worker_consumer = create
+
+
 def create_app(stack: StackSettings, worker: WorkerSettings, reference: Reference | None = None) -> tuple[faust.App, LedgerProcessor]:
     bootstrap = bootstrap_of(stack)
+    _limit_fetch_wait(stack.fetch_max_wait_ms)
     app = faust.App(
         APP_ID,
         broker=f"kafka://{bootstrap}",

@@ -64,8 +64,9 @@ def apply_delta(state: PartitionState, record: dict) -> None:
 
 
 class LedgerState:
-    def __init__(self, bootstrap: str, state_topic: str):
+    def __init__(self, bootstrap: str, state_topic: str, fetch_max_wait_ms: int = 25):
         self.bootstrap = bootstrap
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.state_topic = state_topic
         self.partitions: dict[int, PartitionState] = {}
         self._loading: dict[int, asyncio.Task] = {}
@@ -99,6 +100,7 @@ class LedgerState:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
         await consumer.start()
         deltas = 0

@@ -148,12 +148,50 @@ def test_redelivered_and_garbage_records_on_the_topic(stack, cli, ingested):
 def test_wait_fails_on_timeout_while_the_worker_is_down(stack, cli, ingested, tmp_path):
     worker = stack.children["worker-0"]
     stack.stop_child(worker)
-    record = synthetic.generate(1, seed=99).records[0]
+    record = dict(synthetic.generate(1, seed=99).records[0], source_ref="WAIT-TEST-1")
     path = tmp_path / "one.jsonl"
     synthetic.write_jsonl(path, [record])
-    cli.run("ingest", str(path))
+    assert json.loads(cli.run("ingest", str(path), "--json").stdout)["accepted"] == 1
     proc = cli.run("wait", "--timeout", "3", check=False)
     assert proc.returncode == 1
     assert "worker" in proc.stderr
     stack._spawn(worker)
     cli.run("wait", "--timeout", "120")
+
+
+def test_a_reference_resent_for_another_person_is_rejected_at_intake(stack, cli, ingested, dataset, tmp_path):
+    """Keys are global at the door: the same (source_system, source_ref) for a different NIK is
+    rejected with a named code, raises a modified_resubmission alert, and changes no total."""
+    original = next(r for r in dataset.records if r["nik"] and r["programme_code"] == "BPNT")
+    other = next(r for r in dataset.records if r["nik"] and r["nik"] != original["nik"])
+    resent = dict(original, nik=other["nik"], recipient_name=other["recipient_name"])
+    path = tmp_path / "resent.jsonl"
+    synthetic.write_jsonl(path, [resent])
+    with psycopg.connect(stack.database_url) as conn:
+        before = conn.execute("SELECT sum(amount_idr_total)::bigint FROM ledger.person_totals").fetchone()[0]
+    out = json.loads(cli.run("ingest", str(path), "--json").stdout)
+    assert out["accepted"] == 0 and out["rejections_by_code"] == {"exists_with_different_nik": 1}
+    cli.run("wait", "--timeout", "60")
+    alerts = json.loads(cli.run("alerts", "--json", "--rule", RULE_MODIFIED_RESUBMISSION).stdout)["alerts"]
+    hits = [a for a in alerts if a["outcome_code"] == "exists_with_different_nik"
+            and a["events"][0]["source_ref"] == original["source_ref"]]
+    assert len(hits) == 1
+    with psycopg.connect(stack.database_url) as conn:
+        after = conn.execute("SELECT sum(amount_idr_total)::bigint FROM ledger.person_totals").fetchone()[0]
+    assert after == before
+
+
+def test_within_one_file_the_first_version_of_a_reference_wins(stack, cli, ingested, tmp_path):
+    """Outbox order is input order, so a modified copy later in the same chunk never displaces
+    the original."""
+    base = synthetic.generate(3, seed=4242, first_period="2026-05", months=1).records
+    first = dict(base[0], source_ref=base[0]["source_ref"] + "-ORDER")
+    modified = dict(first, amount_idr=first["amount_idr"] + 1000)
+    path = tmp_path / "order.jsonl"
+    synthetic.write_jsonl(path, [first, modified])
+    cli.run("ingest", str(path))
+    cli.run("wait", "--timeout", "60")
+    with psycopg.connect(stack.database_url) as conn:
+        rows = conn.execute("SELECT amount_idr, accepted, outcome FROM ledger.events WHERE source_ref = %s ORDER BY accepted DESC",
+                            (first["source_ref"],)).fetchall()
+    assert rows == [(first["amount_idr"], True, "accepted"), (modified["amount_idr"], False, "exists_with_different_amount_idr")]

@@ -1,0 +1,241 @@
+"""Builders for unit tests: readable defaults, override only what a test is about.
+
+`raw_record()` is one valid input record as an OPD system would send it (DOMAIN.md, "Input
+record"); `disbursement()` runs it through the real intake (`aidcore.intake.validate_record`)
+with a fixed key, clock and the shipped reference data, so every Disbursement a test uses is one
+intake could really have produced. Nothing here reads the clock, the environment or the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any, Iterable, Mapping, Sequence
+
+from aidcore import intake, ledger
+from aidcore.intake import Accepted, Disbursement, Identity, Rejection
+from aidcore.ledger import Alert, BatchResult, Payment, Rulebook
+from aidcore.reference import Programme, Reference, default_reference
+
+TOKEN_KEY = b"k" * 32
+OTHER_TOKEN_KEY = b"q" * 32
+WIB = timezone(timedelta(hours=7))
+
+# The moment intake "runs" in these tests: 2026-04-10 12:00 WIB, a week after the default payment.
+NOW = datetime(2026, 4, 10, 12, 0, tzinfo=WIB)
+NOW_US = intake.to_us(NOW)
+
+# A woman (day 05 + 40 = 45) born 5 April 1985, NIK issued in Kota Bandar Lampung, district 01.
+NIK = "1871014504850001"
+OTHER_NIK = "1807020101900002"  # a man from Kab. Lampung Timur
+KK = "1871010101100001"
+OTHER_KK = "1871010101100002"
+REGION_CODE = "1871011001"  # a village in Kota Bandar Lampung
+REGENCY_NAME = "Kota Bandar Lampung"
+
+
+# A different value for each content field (aidcore.outcomes.CONTENT_FIELDS), as raw overrides.
+CONTENT_CHANGES: dict[str, dict[str, Any]] = {
+    "nik": {"nik": OTHER_NIK},
+    "programme_code": {"programme_code": "BPNT"},
+    "period": {"period": "2026-05"},
+    "amount_idr": {"amount_idr": 600_000},
+    "kind": {"kind": "IN_KIND"},
+    "channel": {"channel": "POS"},
+    "disbursed_at": {"disbursed_at": "2026-04-04T10:00:00+07:00"},
+    "agency_code": {"agency_code": "DINSOS-LAMPUNG"},
+    "source_type": {"source_type": "APBD_PROV"},
+    "funding_account": {"funding_account": "APBD-PROV-2026-SEMBAKO"},
+    "region_code": {"region_code": "1872011001"},
+    "kk": {"kk": OTHER_KK},
+}
+
+
+def make_nik(
+    *,
+    province: str = "18",
+    regency: str = "71",
+    district: str = "01",
+    day: int = 5,
+    month: int = 4,
+    year: int = 85,
+    female: bool = True,
+    serial: int = 1,
+) -> str:
+    """A NIK from its parts; `day` is the real day, 40 is added for women."""
+    dd = day + 40 if female else day
+    return f"{province}{regency}{district}{dd:02d}{month:02d}{year % 100:02d}{serial:04d}"
+
+
+def raw_record(**overrides: Any) -> dict:
+    """A valid input record; pass `field=...` to change one, `field=DROP` to leave it out."""
+    record: dict[str, Any] = {
+        "source_system": "SIKS-NG",
+        "source_ref": "PKH-2026-04-000001",
+        "source_type": "APBN",
+        "agency_code": "KEMENSOS",
+        "programme_code": "PKH",
+        "nik": NIK,
+        "provisional_id": "",
+        "kk": KK,
+        "recipient_name": "Siti Aminah",
+        "amount_idr": 750_000,
+        "kind": "CASH",
+        "period": "2026-04",
+        "disbursed_at": "2026-04-03T10:00:00+07:00",
+        "channel": "BANK_TRANSFER",
+        "region_code": REGION_CODE,
+        "funding_account": "APBN-2026-KEMENSOS-PKH",
+    }
+    for name, value in overrides.items():
+        if value is DROP:
+            record.pop(name, None)
+        else:
+            record[name] = value
+    return record
+
+
+class _Drop:
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP: Any = _Drop()
+
+
+@lru_cache(maxsize=1)
+def reference() -> Reference:
+    return default_reference()
+
+
+@lru_cache(maxsize=1)
+def reference_with_inactive_programme() -> Reference:
+    """The shipped reference plus an inactive programme "OLD_BANSOS" (for programme_inactive)."""
+    ref = reference()
+    programmes = dict(ref.programmes)
+    programmes["OLD_BANSOS"] = Programme("OLD_BANSOS", "Retired social assistance", "household", "cash_transfer", active=False)
+    return replace(ref, programmes=programmes)
+
+
+def validate(
+    raw: Any,
+    *,
+    now_us: int = NOW_US,
+    token_key: bytes = TOKEN_KEY,
+    ref: Reference | None = None,
+) -> Accepted | Rejection:
+    return intake.validate_record(raw, reference=ref or reference(), token_key=token_key, now_us=now_us)
+
+
+def accepted(*, now_us: int = NOW_US, token_key: bytes = TOKEN_KEY, **overrides: Any) -> Accepted:
+    outcome = validate(raw_record(**overrides), now_us=now_us, token_key=token_key)
+    assert isinstance(outcome, Accepted), f"builder record was rejected: {outcome}"
+    return outcome
+
+
+def disbursement(*, now_us: int = NOW_US, token_key: bytes = TOKEN_KEY, **overrides: Any) -> Disbursement:
+    """A Disbursement as intake produces it; overrides are raw input-record fields."""
+    return accepted(now_us=now_us, token_key=token_key, **overrides).disbursement
+
+
+def identity(**overrides: Any) -> Identity:
+    return accepted(**overrides).identity
+
+
+def rejection(raw: Any, *, now_us: int = NOW_US, ref: Reference | None = None) -> Rejection:
+    outcome = validate(raw, now_us=now_us, ref=ref)
+    assert isinstance(outcome, Rejection), f"expected a rejection, got {outcome}"
+    return outcome
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def decide(
+    events: Sequence[Disbursement],
+    states: Mapping[str, Mapping[str, Payment]] | None = None,
+    *,
+    rulebook: Rulebook | None = None,
+    now_us: int = NOW_US,
+) -> BatchResult:
+    return ledger.decide_batch(
+        states or {},
+        events,
+        rulebook=rulebook or Rulebook(),
+        reference=reference(),
+        now_us=now_us,
+    )
+
+
+def apply(states: Mapping[str, Mapping[str, Payment]], result: BatchResult) -> dict[str, dict[str, Payment]]:
+    """The person states after a batch: the old ones with the batch's changes laid over them."""
+    out = {token: dict(state) for token, state in states.items()}
+    out.update({token: dict(state) for token, state in result.changed.items()})
+    return out
+
+
+def run_batches(batches: Iterable[Sequence[Disbursement]], states=None):
+    """Thread state through several batches, as a worker does.
+
+    Returns (final states, outcomes of every event in order, {alert_id: highest revision},
+    {alert_id: latest Alert}).
+    """
+    states = dict(states or {})
+    all_outcomes: list[str] = []
+    revisions: dict[str, int] = {}
+    latest: dict[str, Alert] = {}
+    for batch in batches:
+        result = decide(batch, states)
+        states = apply(states, result)
+        all_outcomes.extend(result.outcomes)
+        for alert_id, alert in result.alerts.items():
+            if alert.revision >= revisions.get(alert_id, 0):
+                revisions[alert_id] = alert.revision
+                latest[alert_id] = alert
+    return states, all_outcomes, revisions, latest
+
+
+def duplicate_alerts(count: int = 2, **overrides: Any) -> Alert:
+    """The duplicate_person_programme_period alert after `count` payments under different refs."""
+    events = [disbursement(source_ref=f"REF-{i}", **overrides) for i in range(count)]
+    result = decide(events)
+    (alert,) = result.alerts.values()
+    return alert
+
+
+def modified_alert(**changes: Any) -> Alert:
+    """The modified_resubmission alert for the default record resent with `changes`."""
+    result = decide([disbursement(), disbursement(**changes)])
+    (alert,) = result.alerts.values()
+    return alert
+
+
+def disbursement_record(d: Disbursement) -> dict:
+    """The Avro record of a Disbursement (field names equal the dataclass fields)."""
+    return {name: getattr(d, name) for name in Disbursement.__dataclass_fields__}
+
+
+def state_delta_record(events: Sequence[Disbursement] = (), *, partition: int = 3, offset_end: int = 42) -> dict:
+    """A PersonStateDelta record holding the payments that deciding `events` accepts."""
+    events = list(events) or [disbursement(), disbursement(source_ref="REF-2", period="2026-05")]
+    result = decide(events)
+    payments = []
+    for token, state in result.changed.items():
+        for key, p in state.items():
+            payments.append(
+                {
+                    "person_token": token,
+                    "idem_key": key,
+                    "event_id": p.event_id,
+                    "programme_code": p.programme_code,
+                    "period": p.period,
+                    "amount_idr": p.amount_idr,
+                    "digests": p.digests,
+                    "disbursed_at_us": p.disbursed_at_us,
+                    "region_code": p.region_code,
+                    "source_type": p.source_type,
+                }
+            )
+    return {"source_partition": partition, "source_offset_end": offset_end, "payments": payments}
