@@ -25,6 +25,7 @@ from pathlib import Path
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from aidcore.ledger import RULE_DUPLICATE_PERSON
 from aidcore.reference import default_reference
 from connectors import synthetic
 from connectors.intake import ingest_rows
@@ -116,14 +117,15 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
                             lag = started + i / paced_rate - time.perf_counter()
                             if lag > 0:
                                 time.sleep(lag)
-                        yield i, row
+                        yield i, dict(row, source_ref="PACED-" + row["source_ref"])
 
                 ingest_rows(conn, paced_rows(), source_name="bench-paced", ledger_topic=topics["ledger"].name,
                             alerts_topic=topics["alerts"].name, token_key=key, reference=default_reference(),
                             chunk_rows=chunk)
                 _caught_up(stack, 600)
                 latencies = [r[0] for r in conn.execute(
-                    "SELECT latency_ms FROM ledger.alerts WHERE first_raised_at >= %s", (mark,)).fetchall()]
+                    "SELECT latency_ms FROM ledger.alerts WHERE first_raised_at >= %s AND rule_id = %s",
+                    (mark, RULE_DUPLICATE_PERSON)).fetchall()]
         finally:
             stack.stop()
     return {

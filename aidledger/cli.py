@@ -64,9 +64,16 @@ def _dump(obj) -> None:
 def cmd_up(args) -> int:
     from infra.stack import Stack
 
+    from infra.embedded import EmbeddedServerError
+    from infra.stack import StackError
+
     _setup_logging(_stack().log_level)
     stack = Stack(_home(args), os.environ, workers=args.workers)
-    stack.start()
+    try:
+        stack.start()
+    except (StackError, EmbeddedServerError) as exc:
+        print(f"aidledger up: {exc}", file=sys.stderr)
+        return 2
     _print_endpoints(stack.endpoints())
     print("running; Ctrl-C stops the stack", flush=True)
     try:

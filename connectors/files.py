@@ -45,20 +45,21 @@ def read_rows(path: Path) -> Iterator[tuple[int, object]]:
                     yield number, RowError(code, f"line {number} is not valid JSON: {str(exc)[:80]}")
     else:
         with open(path, "rb") as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
-            reader = csv.DictReader(text)
-            number = 0
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    break
-                except UnicodeDecodeError:
-                    number += 1
-                    yield number, RowError("invalid_text_encoding", "the file is not valid UTF-8 from here on")
-                    break
-                number += 1
-                yield number, {k: v for k, v in row.items() if k is not None}
+            # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is named
+            # and the rows around it are still read
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            for number, row in enumerate(csv.DictReader(text), start=1):
+                values = {k: v for k, v in row.items() if k is not None}
+                if any(_has_surrogate(v) for v in values.values() if isinstance(v, str)) or any(
+                    _has_surrogate(k) for k in values
+                ):
+                    yield number, RowError("invalid_text_encoding", f"row {number} is not valid UTF-8")
+                else:
+                    yield number, values
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in text)
 
 
 def progress_total(path: Path) -> int:

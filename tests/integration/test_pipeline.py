@@ -195,3 +195,39 @@ def test_within_one_file_the_first_version_of_a_reference_wins(stack, cli, inges
         rows = conn.execute("SELECT amount_idr, accepted, outcome FROM ledger.events WHERE source_ref = %s ORDER BY accepted DESC",
                             (first["source_ref"],)).fetchall()
     assert rows == [(first["amount_idr"], True, "accepted"), (modified["amount_idr"], False, "exists_with_different_amount_idr")]
+
+
+def test_csv_ingest_counts_like_json_lines(stack, cli, ingested, tmp_path):
+    data = synthetic.generate(400, seed=515, first_period="2026-06", months=1)
+    records = [dict(r, source_ref="CSV-" + r["source_ref"]) for r in data.records]
+    path = tmp_path / "batch.csv"
+    synthetic.write_csv(path, records)
+    out = json.loads(cli.run("ingest", str(path), "--json").stdout)
+    kinds = Counter(c.kind for c in data.answer_key)
+    assert out["rows"] == len(records)
+    assert out["rejected"] == kinds["invalid"]
+    assert out["accepted"] + out["redelivered"] + out["rejected"] == len(records)
+    cli.run("wait", "--timeout", "60")
+
+
+def test_every_process_serves_prometheus_metrics(stack, ingested):
+    import urllib.request
+
+    text = {}
+    for name, url in stack.endpoints()["metrics"].items():
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+            text[name] = response.read().decode()
+
+    def value(body: str, sample: str) -> float:
+        m = re.search(r"^" + re.escape(sample) + r" ([0-9.e+]+)$", body, re.MULTILINE)
+        assert m, f"{sample} missing"
+        return float(m.group(1))
+
+    assert value(text["worker-0"], 'aidledger_worker_events_total{outcome="accepted"}') > 0
+    assert value(text["worker-0"], 'aidledger_worker_alerts_total{rule_id="duplicate_person_programme_period"}') > 0
+    assert "aidledger_worker_consumer_lag_records" in text["worker-0"]
+    assert "aidledger_ingest_to_decision_seconds_bucket" in text["worker-0"]
+    assert value(text["projector"], 'aidledger_projector_rows_total{kind="event"}') > 0
+    assert "aidledger_projector_lag_records" in text["projector"]
+    assert value(text["relay"], "aidledger_relay_published_total") > 0
