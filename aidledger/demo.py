@@ -141,11 +141,15 @@ def run_demo(args) -> int:
         expected_rejections = sum(1 for c in dataset.answer_key if c.kind == "invalid")
         print(f"  invalid rows planted {expected_rejections:,}, rejected {report.rejected:,}")
         ok = all(c["precision"] == 1.0 and c["recall"] == 1.0 for c in check.values()) and expected_rejections == report.rejected
-        print(f"\nEverything above in {time.monotonic() - t0:.1f}s. Try: aidledger alerts --home {home}   "
-              f"aidledger trail <NIK> --home {home}")
+        print(f"\nEverything above in {time.monotonic() - t0:.1f}s.")
         if args.keep_running:
-            print("The stack keeps running (Ctrl-C stops it).", flush=True)
+            print(f"The stack keeps running (Ctrl-C stops it). In another terminal: "
+                  f".venv/bin/aidledger alerts --home {home}   .venv/bin/aidledger trail <NIK> --home {home}  "
+                  f"(NIKs are in {input_path})", flush=True)
             stack.run_until_stopped()
+        else:
+            print("The stack is stopped. `make demo ARGS=--keep-running` leaves it running to explore with "
+                  "`aidledger alerts` and `aidledger trail`.")
         return 0 if ok else 1
     finally:
         stack.stop()
