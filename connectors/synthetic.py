@@ -6,7 +6,7 @@ them: duplicate payments to one person, redelivered messages, modified resubmiss
 intake must reject. Also owns writing such records as JSON Lines or CSV.
 
 Must not touch: the ledger, the broker, the database, the clock or the network. Standard library
-only (orjson is used for writing when importable). The caller passes everything: seed, first
+and the core's input-record field list only (orjson is used for writing when importable). The caller passes everything: seed, first
 period, number of months; the same arguments always give the same records, in the same order.
 
 How the data is built, so the answer key is exact:
@@ -34,6 +34,8 @@ from datetime import date, timedelta
 from itertools import accumulate
 from typing import Any, Iterable, Iterator
 
+from aidcore.intake import INPUT_FIELDS
+
 try:  # optional speed-up for writing; the generator itself never needs it
     import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the environment
@@ -53,24 +55,7 @@ __all__ = [
 ]
 
 # The input record, in DOMAIN.md order.
-FIELDS: tuple[str, ...] = (
-    "source_system",
-    "source_ref",
-    "source_type",
-    "agency_code",
-    "programme_code",
-    "nik",
-    "provisional_id",
-    "kk",
-    "recipient_name",
-    "amount_idr",
-    "kind",
-    "period",
-    "disbursed_at",
-    "channel",
-    "region_code",
-    "funding_account",
-)
+FIELDS: tuple[str, ...] = INPUT_FIELDS
 
 # code: (name, residents in thousands (2020 census, rounded), districts (kecamatan))
 REGENCIES: dict[str, tuple[str, int, int]] = {

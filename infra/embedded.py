@@ -139,7 +139,7 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     if pid <= 0:
         return False
@@ -192,10 +192,10 @@ def _children_of(pid: int) -> list[int]:
 
 def _wait_gone(pids: list[int], deadline: float) -> list[int]:
     """Poll until every pid is gone or the deadline passes; return survivors."""
-    remaining = [p for p in pids if _pid_alive(p)]
+    remaining = [p for p in pids if pid_alive(p)]
     while remaining and time.monotonic() < deadline:
         time.sleep(0.02)
-        remaining = [p for p in remaining if _pid_alive(p)]
+        remaining = [p for p in remaining if pid_alive(p)]
     return remaining
 
 
@@ -328,7 +328,7 @@ class ManagedServer:
     def alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        return _pid_alive(self.pid) and self._still_ours()
+        return pid_alive(self.pid) and self._still_ours()
 
     def _still_ours(self) -> bool:
         """Guard against pid reuse for attached servers."""
@@ -340,7 +340,7 @@ class ManagedServer:
         if self.process is not None:
             if self.process.poll() is not None:
                 return
-        elif not (_pid_alive(self.pid) and self._still_ours()):
+        elif not (pid_alive(self.pid) and self._still_ours()):
             return
         _signal_pid(self.pid, sig, group=self.signal_group)
 
@@ -483,7 +483,7 @@ def _broker_ready(pid: int, port: int) -> bool:
     if inode is not None and _process_owns_socket(pid, inode) is False:
         return False
     try:
-        return _kafka_api_versions(LOOPBACK, port, timeout_s=1.0) and _pid_alive(pid)
+        return _kafka_api_versions(LOOPBACK, port, timeout_s=1.0) and pid_alive(pid)
     except (OSError, struct.error):
         return False
 
@@ -595,7 +595,7 @@ def _read_postmaster_pid(data_dir: Path) -> list[str] | None:
 
 def _postmaster_of(pid: int, data_dir: Path) -> bool | None:
     """Is ``pid`` a live postgres process whose cwd is ``data_dir``?  None if we cannot tell."""
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
@@ -632,7 +632,7 @@ def _postgres_procs_in(data_dir: Path) -> list[int]:
                 continue
         except OSError:
             continue
-        if _pid_alive(int(entry)):
+        if pid_alive(int(entry)):
             found.append(int(entry))
     return found
 
@@ -677,7 +677,7 @@ def _remove_stale_socket_lock(sock_dir: Path, port: int) -> None:
     except (OSError, IndexError, ValueError, UnicodeDecodeError):
         return
     try:
-        is_postgres = _pid_alive(pid) and Path(f"/proc/{pid}/comm").read_text().startswith("postgres")
+        is_postgres = pid_alive(pid) and Path(f"/proc/{pid}/comm").read_text().startswith("postgres")
     except OSError:
         is_postgres = False
     if not is_postgres:
@@ -910,7 +910,7 @@ def _wait_postgres_ready(
             if rc is not None:
                 hint = f" (port {server.port} looks taken by another process)" if _port_taken(LOOPBACK, server.port) else ""
                 raise fail(f"exited during start-up with status {rc}{hint}")
-        elif not _pid_alive(server.pid):
+        elif not pid_alive(server.pid):
             raise fail(f"postmaster pid {server.pid} went away")
         lines = _read_postmaster_pid(data_dir) or []
         # postmaster.pid line 8 says "ready" once connections are accepted; avoid

@@ -35,18 +35,6 @@ class StackError(RuntimeError):
     pass
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _port_taken(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.2)
@@ -146,7 +134,8 @@ class Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
         recorded = load_endpoints(self.home)
-        if recorded is not None and _pid_alive(recorded.get("supervisor_pid", -1)):
+        supervisor = recorded.get("supervisor_pid", -1) if recorded else -1
+        if supervisor != os.getpid() and embedded.pid_alive(supervisor):
             raise StackError(f"a stack is already running under {self.home} (pid {recorded['supervisor_pid']})")
         self.check_ports()
         ensure_token_key(self.stack, self.home)
