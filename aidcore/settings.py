@@ -63,8 +63,7 @@ class WorkerSettings(_Group):
     """The Faust ledger worker."""
 
     metrics_port: int = _setting("AIDLEDGER_WORKER_METRICS_PORT", 9601, "Prometheus /metrics of worker 0; worker i uses this + i")
-    batch_max: int = _setting("AIDLEDGER_WORKER_BATCH_MAX", 2000, "most events decided in one batch")
-    batch_within_ms: int = _setting("AIDLEDGER_WORKER_BATCH_WITHIN_MS", 20, "longest wait to fill a batch")
+    batch_max: int = _setting("AIDLEDGER_WORKER_BATCH_MAX", 5000, "most records one fetch hands to the ledger processor")
     session_timeout_s: float = _setting("AIDLEDGER_WORKER_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout (Tansu holds a join for half of it)")
     commit_interval_s: float = _setting("AIDLEDGER_WORKER_COMMIT_INTERVAL_S", 1.0, "how often consumed offsets are committed")
 

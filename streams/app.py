@@ -1,7 +1,8 @@
 """The Faust app of the ledger worker: topics, the ledger agent, and the batch processor.
 
-The agent is `concurrency=1` (faust-streaming issue 606: with more, offsets can be committed past
-unfinished work) and takes events in batches. If persisting a batch fails, the process exits at
+There is no per-event agent: the batch consumer (`streams.transport`) hands each fetch to
+`LedgerProcessor.process_batch`, one batch at a time, so offsets are never committed past
+unfinished work (the hazard of agent concurrency > 1, faust-streaming issue 606). If persisting a batch fails, the process exits at
 once instead of letting the stream ack events whose effects were not written; the supervisor
 restarts it and the events are read again.
 """
@@ -11,11 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import defaultdict
-from typing import Any, Sequence
+from collections import Counter
+from typing import Any, Mapping
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from aidcore import outcomes
 from aidcore.ledger import Rulebook, decide_batch
@@ -25,6 +25,7 @@ from schemas import codec
 from schemas.topics import declared_topics
 from streams import metrics
 from streams.state import LedgerState, delta_record
+from streams.transport import LedgerApp
 
 log = logging.getLogger(__name__)
 
@@ -49,60 +50,64 @@ class LedgerProcessor:
         self.rulebook = Rulebook(version=stack.rulebook_version)
         self.reference = reference
 
-    async def process(self, events: Sequence[Any]) -> None:
+    async def process_batch(self, batch: Mapping[Any, list]) -> None:
+        """One fetched batch: {TopicPartition: [ConsumerRecord, ...]} of the ledger topic."""
         started = time.perf_counter()
-        by_partition: dict[int, list[Any]] = defaultdict(list)
-        for event in events:
-            by_partition[event.message.partition].append(event)
-        await self.state.ensure_loaded(by_partition)
-        sends = []
-        deltas = []
+        await self.state.ensure_loaded(tp.partition for tp in batch)
         now_us = _now_us()
-        for partition, part_events in by_partition.items():
-            messages = [e.message for e in part_events]
-            decoded = codec.decode_disbursements(m.value for m in messages)
-            good, good_messages = [], []
-            for message, item in zip(messages, decoded):
+        sends, deltas = [], []
+        outcome_counts: Counter = Counter()
+        accepted_by: Counter = Counter()
+        idr_by: Counter = Counter()
+        alert_counts: Counter = Counter()
+        latencies: list[float] = []
+        for tp, records in batch.items():
+            partition = tp.partition
+            decoded = codec.decode_disbursements(r.value for r in records)
+            good, good_records = [], []
+            for record, item in zip(records, decoded):
                 if isinstance(item, codec.CodecError):
-                    sends.append(await self._dead_letter(message, item.code, str(item)))
-                    metrics.EVENTS_IN.labels(item.code).inc()
+                    sends.append(await self._dead_letter(record, item.code, str(item)))
+                    outcome_counts[item.code] += 1
                 else:
                     good.append(item)
-                    good_messages.append(message)
+                    good_records.append(record)
+            offset_end = records[-1].offset + 1
+            hw = self.app.consumer.highwater(tp)
+            if hw is not None:
+                metrics.LAG.labels(str(partition)).set(max(0, hw - offset_end))
             if not good:
                 continue
             view = self.state.partitions[partition]
             result = decide_batch(view, good, rulebook=self.rulebook, reference=self.reference, now_us=now_us)
-            for message, event, outcome in zip(good_messages, good, result.outcomes):
-                metrics.EVENTS_IN.labels(outcome).inc()
+            for i, (record, event, outcome) in enumerate(zip(good_records, good, result.outcomes)):
+                outcome_counts[outcome] += 1
                 if outcome == outcomes.ACCEPTED:
-                    metrics.ACCEPTED_BY.labels(event.source_type, event.programme_code).inc()
-                    metrics.ACCEPTED_IDR.labels(event.programme_code).inc(event.amount_idr)
-                    metrics.INGEST_TO_DECISION.observe(max(0.0, (now_us - event.recorded_at_us) / 1e6))
+                    accepted_by[(event.source_type, event.programme_code)] += 1
+                    idr_by[event.programme_code] += event.amount_idr
+                    if i % 16 == 0:
+                        latencies.append((now_us - event.recorded_at_us) / 1e6)
                 elif outcome != outcomes.EXISTS:
-                    sends.append(await self._dead_letter(message, outcome, "same source reference, different content"))
+                    sends.append(await self._dead_letter(record, outcome, "same source reference, different content"))
             for alert in result.alerts.values():
                 sends.append(
                     await self.app.producer.send(
                         self.alerts_topic, alert.subject_token.encode(), codec.encode_alert(alert), None, None, None
                     )
                 )
-                metrics.ALERTS.labels(alert.rule_id).inc()
-            offset_end = messages[-1].offset + 1
-            record = delta_record(partition, offset_end, result.changed, view)
-            if record is not None:
-                deltas.append((partition, record, result.changed))
-            hw = self.app.consumer.highwater(messages[-1].tp)
-            if hw is not None:
-                metrics.LAG.labels(str(partition)).set(max(0, hw - offset_end))
+                alert_counts[alert.rule_id] += 1
+            delta = delta_record(partition, offset_end, result.changed, view)
+            if delta is not None:
+                deltas.append((partition, delta, result.changed))
         try:
             for fut in sends:
                 await fut
             state_sends = []
-            for partition, record, _ in deltas:
-                value = codec.codec(codec.STATE_DELTA).encode(record)
+            encoder = codec.codec(codec.STATE_DELTA)
+            for partition, delta, _ in deltas:
                 state_sends.append(
-                    await self.app.producer.send(self.state_topic, str(partition).encode(), value, partition, None, None)
+                    await self.app.producer.send(self.state_topic, str(partition).encode(), encoder.encode(delta),
+                                                 partition, None, None)
                 )
             for fut in state_sends:
                 await fut
@@ -111,10 +116,21 @@ class LedgerProcessor:
             os._exit(75)
         for partition, _, changed in deltas:
             self.state.partitions[partition].update(changed)
+        for outcome, n in outcome_counts.items():
+            metrics.EVENTS_IN.labels(outcome).inc(n)
+        for (source_type, programme), n in accepted_by.items():
+            metrics.ACCEPTED_BY.labels(source_type, programme).inc(n)
+        for programme, amount in idr_by.items():
+            metrics.ACCEPTED_IDR.labels(programme).inc(amount)
+        for rule, n in alert_counts.items():
+            metrics.ALERTS.labels(rule).inc(n)
+        for seconds in latencies:
+            metrics.INGEST_TO_DECISION.observe(max(0.0, seconds))
         metrics.PERSONS.set(self.state.persons())
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def _dead_letter(self, message: Any, code: str, detail: str):
+        """`message` is a consumer record: topic, partition, offset, key, value."""
         metrics.REJECTIONS.labels(code).inc()
         headers = [
             ("code", code.encode()),
@@ -133,26 +149,9 @@ def bootstrap_of(stack: StackSettings) -> str:
     return stack.kafka_bootstrap
 
 
-def _limit_fetch_wait(fetch_max_wait_ms: int) -> None:
-    """Faust builds its consumer with fetch_max_wait_ms=1500 and offers no setting for it. Tansu
-    answers a fetch only when that wait expires, even when records arrive sooner (measured: median
-    650 ms at 1500, 3-6 ms at 20-100), so the wait is lowered on the consumer before it starts."""
-    thread_cls = faust_aiokafka.AIOKafkaConsumerThread
-    original = getattr(thread_cls, "_aidledger_original_create", None) or thread_cls._create_worker_consumer
-
-    def create(self, transport):
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = fetch_max_wait_ms
-        return consumer
-
-    thread_cls._aidledger_original_create = original
-    thread_cls._create_worker_consumer = create
-
-
 def create_app(stack: StackSettings, worker: WorkerSettings, reference: Reference | None = None) -> tuple[faust.App, LedgerProcessor]:
     bootstrap = bootstrap_of(stack)
-    _limit_fetch_wait(stack.fetch_max_wait_ms)
-    app = faust.App(
+    app = LedgerApp(
         APP_ID,
         broker=f"kafka://{bootstrap}",
         store="memory://",
@@ -163,20 +162,20 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=worker.session_timeout_s,
         broker_commit_interval=worker.commit_interval_s,
+        broker_max_poll_records=worker.batch_max,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=2,
         processing_guarantee="at_least_once",
         web_enabled=False,
     )
+    app.fetch_max_wait_ms = stack.fetch_max_wait_ms
     processor = LedgerProcessor(app, stack, worker, reference or default_reference())
-    ledger_topic = app.topic(processor.ledger_topic, key_type=bytes, value_type=bytes,
-                             key_serializer="raw", value_serializer="raw", partitions=stack.partitions)
-
-    @app.agent(ledger_topic, concurrency=1)
-    async def ledger(stream):
-        async for events in stream.take_events(worker.batch_max, worker.batch_within_ms / 1000.0):
-            await processor.process(events)
+    app.batch_handler = processor.process_batch
+    # Subscribed through the conductor, consumed by the batch consumer (streams.transport): no
+    # agent, because Faust's per-event path is what this worker exists to avoid.
+    app.topics.add(app.topic(processor.ledger_topic, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw", partitions=stack.partitions))
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs):
@@ -184,6 +183,7 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
         # back was processed by nobody else in between, so its state is kept. Others are dropped
         # and rebuilt from the changelog if they ever return.
         mine = {tp.partition for tp in assigned if tp.topic == processor.ledger_topic}
+        app.consumer.forget_progress()
         processor.state.revoke([p for p in list(processor.state.partitions) if p not in mine])
         metrics.ASSIGNED.set(len(mine))
         log.info("assigned ledger partitions %s", sorted(mine))
