@@ -13,6 +13,7 @@ produce call and one transaction. It never mutates its inputs.
 from __future__ import annotations
 
 import hashlib
+from sys import intern
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Sequence
 
@@ -120,20 +121,22 @@ def resubmission_outcome(original_event_id: str, original_digests: bytes, event:
     the field that differs (and can collide, hence `exists_with_different_content`)."""
     if original_event_id == event.event_id:
         return outcomes.EXISTS
-    outcome = first_difference(original_digests, digests if digests is not None else field_digests(event.content_values()))
+    outcome = first_difference(original_digests, digests if digests is not None else event.digests())
     return "exists_with_different_content" if outcome == outcomes.EXISTS else outcome
 
 
 def payment_of(event: Disbursement, digests: bytes) -> Payment:
+    # Codes, periods and regions repeat across millions of payments: interned, each distinct value
+    # is stored once, and the duplicate check compares them by identity.
     return Payment(
         event.event_id,
-        event.programme_code,
-        event.period,
+        intern(event.programme_code),
+        intern(event.period),
         event.amount_idr,
         digests,
         event.disbursed_at_us,
-        event.region_code,
-        event.source_type,
+        intern(event.region_code),
+        intern(event.source_type),
     )
 
 
@@ -163,7 +166,7 @@ def decide_batch(
         if state is None:
             state = dict(states.get(token, ()))
         key = idem_key(event.source_system, event.source_ref)
-        digests = field_digests(event.content_values())
+        digests = event.digests()
         seen = state.get(key)
         if seen is not None:
             outcome = resubmission_outcome(seen.event_id, seen.digests, event, digests)
@@ -195,9 +198,14 @@ def _lines(state: PersonState, programme: str, period: str) -> list[AlertLine]:
 def _duplicate_alert(
     event: Disbursement, state: PersonState, rulebook: Rulebook, reference: Reference, now_us: int
 ) -> Alert | None:
-    lines = _lines(state, event.programme_code, event.period)
-    if len(lines) < 2:
+    programme, period = intern(event.programme_code), intern(event.period)
+    same = 0
+    for p in state.values():  # the hot loop of the worker: identity of interned strings, by index
+        if p[2] is period and p[1] is programme:
+            same += 1
+    if same < 2:
         return None
+    lines = _lines(state, programme, period)
     total = sum(line.amount_idr for line in lines)
     at_stake = total - lines[0].amount_idr
     programme = reference.programmes[event.programme_code].name if event.programme_code in reference.programmes else event.programme_code

@@ -116,6 +116,15 @@ def _run_service(coro_factory) -> int:
     return 0
 
 
+def cmd_baseline(args) -> int:
+    from streams.baseline import run_baseline
+
+    stack = _stack()
+    _setup_logging(stack.log_level)
+    run_baseline(stack, args.metrics_port)
+    return 0
+
+
 def cmd_project(args) -> int:
     from prometheus_client import start_http_server
 
@@ -212,7 +221,7 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     from infra import kafka
     from projections.queries import progress
     from schemas.topics import declared_topics
-    from streams.app import APP_ID
+    from streams.app import group_id
 
     topics = declared_topics(stack)
     ledger = topics["ledger"].name
@@ -222,7 +231,7 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     if prog["relay_seq"] < prog["outbox_max_seq"]:
         behind["relay"].append(f"outbox {prog['outbox_max_seq'] - prog['relay_seq']} records unpublished")
     produced = {p: o for (t, p), o in prog["relay_offsets"].items() if t == ledger}
-    committed = kafka.committed_offsets(bootstrap, APP_ID, ledger)
+    committed = kafka.committed_offsets(bootstrap, group_id(stack), ledger)
     for p, end in sorted(produced.items()):
         if committed.get(p, 0) < end:
             behind["worker"].append(f"{ledger}[{p}] {end - committed.get(p, 0)} behind")
@@ -392,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("worker", cmd_worker, "(internal) one ledger worker process")
     p.add_argument("--index", type=int, default=0)
     add("project", cmd_project, "(internal) the projector process")
+    p = add("baseline", cmd_baseline, "(benchmark only) the straightforward per-event Faust worker")
+    p.add_argument("--metrics-port", type=int, required=True)
     add("relay", cmd_relay, "(internal) the outbox relay process")
     return parser
 

@@ -203,7 +203,7 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
                                             codec.encode_alert(alert), _ts(now_us)))
                     continue
                 if original is None:
-                    digests = field_digests(d.content_values())
+                    digests = d.digests()
                     entry = _KnownKey(d.event_id, d.person_token, digests, payment_of(d, digests))
                     known[key] = entry
                     new_keys.append((d.source_system, d.source_ref, d.event_id, d.person_token, digests, d.programme_code,

@@ -129,12 +129,12 @@ def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
     originals: dict[tuple[str, str], tuple[str, bytes]] = {}
     for s, ref, v in cur.fetchall():
         original = codec.decode_disbursement(bytes(v))
-        originals[(s, ref)] = (original.event_id, field_digests(original.content_values()))
+        originals[(s, ref)] = (original.event_id, original.digests())
     rows = []
     totals: dict[tuple[str, str, str], list] = {}
     for r, d in fresh:
         key = (d.source_system, d.source_ref)
-        digests = field_digests(d.content_values())
+        digests = d.digests()
         original = originals.get(key)
         if original is None:
             accepted, outcome = True, outcomes.ACCEPTED

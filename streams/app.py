@@ -24,12 +24,14 @@ from aidcore.settings import StackSettings, WorkerSettings
 from schemas import codec
 from schemas.topics import declared_topics
 from streams import metrics
-from streams.state import LedgerState, delta_record
+from streams.state import LedgerState, delta_records
 from streams.transport import LedgerApp
 
 log = logging.getLogger(__name__)
 
-APP_ID = "aidledger-ledger"
+def group_id(stack: StackSettings) -> str:
+    """The Faust app id, which is the consumer group of the ledger workers of one stack."""
+    return f"aidledger-{stack.topic_prefix}-ledger"
 
 
 def _now_us() -> int:
@@ -80,9 +82,11 @@ class LedgerProcessor:
                 continue
             view = self.state.partitions[partition]
             result = decide_batch(view, good, rulebook=self.rulebook, reference=self.reference, now_us=now_us)
+            accepted_values = []
             for i, (record, event, outcome) in enumerate(zip(good_records, good, result.outcomes)):
                 outcome_counts[outcome] += 1
                 if outcome == outcomes.ACCEPTED:
+                    accepted_values.append(record.value)
                     accepted_by[(event.source_type, event.programme_code)] += 1
                     idr_by[event.programme_code] += event.amount_idr
                     if i % 16 == 0:
@@ -96,19 +100,19 @@ class LedgerProcessor:
                     )
                 )
                 alert_counts[alert.rule_id] += 1
-            delta = delta_record(partition, offset_end, result.changed, view)
-            if delta is not None:
-                deltas.append((partition, delta, result.changed))
+            if accepted_values:
+                deltas.append((partition, delta_records(partition, offset_end, accepted_values), result.changed))
         try:
             for fut in sends:
                 await fut
             state_sends = []
             encoder = codec.codec(codec.STATE_DELTA)
-            for partition, delta, _ in deltas:
-                state_sends.append(
-                    await self.app.producer.send(self.state_topic, str(partition).encode(), encoder.encode(delta),
-                                                 partition, None, None)
-                )
+            for partition, records, _ in deltas:
+                for delta in records:
+                    state_sends.append(
+                        await self.app.producer.send(self.state_topic, str(partition).encode(), encoder.encode(delta),
+                                                     partition, None, None)
+                    )
             for fut in state_sends:
                 await fut
         except BaseException:
@@ -152,7 +156,7 @@ def bootstrap_of(stack: StackSettings) -> str:
 def create_app(stack: StackSettings, worker: WorkerSettings, reference: Reference | None = None) -> tuple[faust.App, LedgerProcessor]:
     bootstrap = bootstrap_of(stack)
     app = LedgerApp(
-        APP_ID,
+        group_id(stack),
         broker=f"kafka://{bootstrap}",
         store="memory://",
         topic_partitions=stack.partitions,

@@ -3,8 +3,9 @@
 Why not a Faust Table: every table write is its own changelog record, sent one by one, which
 caps a worker at a few hundred events per second. Here the state of ledger partition p is a
 plain dict {person_token: {idem_key: Payment}}, and each batch appends ONE changelog record to
-partition p of the state topic with every payment it accepted there (payments are only ever
-added, so a delta is the exact change). On assignment a partition's dict is rebuilt by replaying
+partition p of the state topic holding the ledger values it accepted there, verbatim (payments
+are only ever added, so those values are the exact change, and copying bytes costs next to
+nothing on the hot path). On assignment a partition's dict is rebuilt by replaying
 its changelog partition from the start to the high watermark read from fetch responses.
 
 Ordering contract with the agent (at-least-once, idempotent effects): alerts and dead letters
@@ -23,7 +24,7 @@ from typing import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from aidcore.ledger import Payment
+from aidcore.ledger import Payment, idem_key, payment_of
 from schemas import codec
 from streams import metrics
 
@@ -32,35 +33,35 @@ log = logging.getLogger(__name__)
 PartitionState = dict[str, dict[str, Payment]]
 
 
-def delta_record(partition: int, offset_end: int, changed: dict[str, dict[str, Payment]], before: PartitionState) -> dict | None:
-    """The payments in `changed` that `before` does not have, as one PersonStateDelta record."""
-    payments = []
-    for token, state in changed.items():
-        old = before.get(token, {})
-        for key, p in state.items():
-            if key not in old:
-                payments.append(
-                    {
-                        "person_token": token, "idem_key": key, "event_id": p.event_id,
-                        "programme_code": p.programme_code, "period": p.period, "amount_idr": p.amount_idr,
-                        "digests": p.digests, "disbursed_at_us": p.disbursed_at_us,
-                        "region_code": p.region_code, "source_type": p.source_type,
-                    }
-                )
-    if not payments:
-        return None
-    return {"source_partition": partition, "source_offset_end": offset_end, "payments": payments}
+DELTA_MAX_BYTES = 512 * 1024  # well under the 1 MiB default message size of brokers and producers
 
 
-def apply_delta(state: PartitionState, record: dict) -> None:
-    for p in record["payments"]:
-        person = state.get(p["person_token"])
+def delta_records(partition: int, offset_end: int, accepted: list[bytes]) -> list[dict]:
+    """AcceptedEvents changelog records holding the ledger values a batch accepted on a partition,
+    split so that no record comes near a broker's message-size limit."""
+    records, chunk, size = [], [], 0
+    for value in accepted:
+        if chunk and size + len(value) > DELTA_MAX_BYTES:
+            records.append(chunk)
+            chunk, size = [], 0
+        chunk.append(value)
+        size += len(value) + 4
+    if chunk:
+        records.append(chunk)
+    return [{"source_partition": partition, "source_offset_end": offset_end, "events": c} for c in records]
+
+
+def apply_delta(state: PartitionState, record: dict) -> int:
+    """Replay one changelog record into `state`; returns the payments added."""
+    events = codec.decode_disbursements(record["events"])
+    for d in events:
+        if isinstance(d, codec.CodecError):  # pragma: no cover - the worker wrote only values it decoded
+            raise d
+        person = state.get(d.person_token)
         if person is None:
-            person = state[p["person_token"]] = {}
-        person[p["idem_key"]] = Payment(
-            p["event_id"], p["programme_code"], p["period"], p["amount_idr"], p["digests"],
-            p["disbursed_at_us"], p["region_code"], p["source_type"],
-        )
+            person = state[d.person_token] = {}
+        person[idem_key(d.source_system, d.source_ref)] = payment_of(d, d.digests())
+    return len(events)
 
 
 class LedgerState:

@@ -19,7 +19,7 @@ from connectors import synthetic
 from infra import kafka
 from infra.stack import token_key
 from schemas import codec
-from streams.app import APP_ID
+from streams.app import group_id
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ KILLS = 2
 
 def _committed(stack) -> int:
     ledger = stack.endpoints()["topics"]["ledger"]
-    return sum(kafka.committed_offsets(stack.bootstrap, APP_ID, ledger).values())
+    return sum(kafka.committed_offsets(stack.bootstrap, group_id(stack.stack), ledger).values())
 
 
 def test_kill_worker_mid_stream_counts_every_event_once(stack, tmp_path):
@@ -79,10 +79,10 @@ def test_kill_worker_mid_stream_counts_every_event_once(stack, tmp_path):
     keys = Counter()
     stream_totals: dict[tuple[str, str, str], list[int]] = {}
     for record in deltas:
-        for p in codec.codec(codec.STATE_DELTA).decode(record.value)["payments"]:
-            keys[(p["person_token"], p["idem_key"])] += 1
-            t = stream_totals.setdefault((p["person_token"], p["programme_code"], p["period"]), [0, 0])
-            t[0] += p["amount_idr"]
+        for d in codec.decode_disbursements(codec.codec(codec.STATE_DELTA).decode(record.value)["events"]):
+            keys[(d.person_token, d.source_system, d.source_ref)] += 1
+            t = stream_totals.setdefault((d.person_token, d.programme_code, d.period), [0, 0])
+            t[0] += d.amount_idr
             t[1] += 1
     assert max(keys.values()) == 1
     assert len(keys) == accepted

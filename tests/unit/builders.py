@@ -218,24 +218,12 @@ def disbursement_record(d: Disbursement) -> dict:
 
 
 def state_delta_record(events: Sequence[Disbursement] = (), *, partition: int = 3, offset_end: int = 42) -> dict:
-    """A PersonStateDelta record holding the payments that deciding `events` accepts."""
+    """An AcceptedEvents changelog record holding the ledger values of the events deciding
+    `events` accepts."""
+    from schemas import codec
+
     events = list(events) or [disbursement(), disbursement(source_ref="REF-2", period="2026-05")]
     result = decide(events)
-    payments = []
-    for token, state in result.changed.items():
-        for key, p in state.items():
-            payments.append(
-                {
-                    "person_token": token,
-                    "idem_key": key,
-                    "event_id": p.event_id,
-                    "programme_code": p.programme_code,
-                    "period": p.period,
-                    "amount_idr": p.amount_idr,
-                    "digests": p.digests,
-                    "disbursed_at_us": p.disbursed_at_us,
-                    "region_code": p.region_code,
-                    "source_type": p.source_type,
-                }
-            )
-    return {"source_partition": partition, "source_offset_end": offset_end, "payments": payments}
+    accepted = [codec.encode_disbursement(e) for e, outcome in zip(events, result.outcomes) if outcome == "accepted"]
+    return {"source_partition": partition, "source_offset_end": offset_end, "events": accepted}
+

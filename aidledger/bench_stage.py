@@ -1,0 +1,165 @@
+"""The detection stage alone, as issue targets define it: a pre-produced ledger topic of N events
+over T person tokens and P partitions, then
+- raw ceiling: plain aiokafka batch consume plus Avro decode of that topic;
+- the ledger worker (the real one, a subprocess) deciding every event with all rules on;
+- the straightforward per-event Faust agent with a Table (streams.baseline) on the same topic,
+  timed over its first events (it is two orders of magnitude slower).
+Rates come from the processes' own Prometheus counters, polled, from the first counted event to
+the last, so group-join time is excluded for both workers alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from aidcore.intake import Disbursement, content_digest, field_digests, make_event_id
+from aidcore.settings import StackSettings
+from infra import embedded, kafka
+from schemas import codec
+from schemas.topics import declared_topics
+
+PROGRAMMES = (("PKH", 750_000), ("BPNT", 200_000), ("BLT_DD", 300_000), ("PBI_JK", 42_000), ("PIP", 900_000))
+PERIODS = tuple(f"2026-{m:02d}" for m in range(1, 13))
+
+
+def make_events(n: int, tokens: int, seed: int, duplicate_rate: float = 0.01) -> list[Disbursement]:
+    rnd = random.Random(seed)
+    people = [f"{rnd.getrandbits(128):032x}" for _ in range(tokens)]
+    seen: list[tuple[str, str, str, int]] = []
+    out = []
+    base_us = 1_767_225_600_000_000  # 2026-01-01 UTC
+    for i in range(n):
+        if seen and rnd.random() < duplicate_rate:
+            token, programme, period, amount = seen[rnd.randrange(len(seen))]
+        else:
+            token = people[rnd.randrange(tokens)]
+            programme, amount = PROGRAMMES[rnd.randrange(len(PROGRAMMES))]
+            period = PERIODS[rnd.randrange(len(PERIODS))]
+            seen.append((token, programme, period, amount))
+        d = Disbursement(
+            event_id="", source_system="BENCH", source_ref=f"R{i:09d}", source_type="APBN", agency_code="KEMENSOS",
+            programme_code=programme, person_token=token, identity_kind="NIK", kk_token=None, amount_idr=amount,
+            kind="CASH", period=period, disbursed_at_us=base_us + i * 1_000_000, disbursed_at_offset_min=420,
+            channel="BANK_TRANSFER", region_code="1871011001", funding_account="APBN-2026-KEMENSOS",
+            recorded_at_us=base_us + i * 1_000_000,
+        )
+        values = d.content_values()
+        # as intake makes them: event id and field digests from the content
+        out.append(replace(d, event_id=make_event_id(d.source_system, d.source_ref, content_digest(values)),
+                           field_digests=field_digests(values)))
+    return out
+
+
+async def produce(bootstrap: str, topic: str, events: list[Disbursement]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1024 * 1024)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, codec.encode_disbursement(d), key=d.person_token.encode()) for d in events]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def counter_total(url: str, metric: str) -> float:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body = response.read().decode()
+    except OSError:
+        return 0.0
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(metric) and not line.startswith("#"):
+            name = line.split(" ", 1)[0]
+            if name == metric or name.startswith(metric + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def time_process(args: list[str], env: dict, url: str, metric: str, target: int, timeout_s: float,
+                 log_path: Path) -> dict:
+    """Run a worker until its counter reaches `target` (or the timeout); rate from first count."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "aidledger.cli", *args], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        first = None
+        count = 0.0
+        while time.monotonic() < deadline:
+            count = counter_total(url, metric)
+            now = time.perf_counter()
+            if count > 0 and first is None:
+                first = (now, count)
+            if count >= target:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"{args[0]} exited with {proc.returncode}; see {log_path}")
+            time.sleep(0.02)
+        end = time.perf_counter()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if first is None or count <= first[1]:
+        return {"events": int(count), "events_per_s": 0.0, "seconds": 0.0}
+    return {"events": int(count), "seconds": end - first[0], "events_per_s": (count - first[1]) / (end - first[0])}
+
+
+def detection_stage(events: int = 200_000, tokens: int = 50_000, partitions: int = 8, seed: int = 7,
+                    baseline_events: int = 20_000) -> dict:
+    from aidledger.bench import raw_ceiling
+
+    with tempfile.TemporaryDirectory(prefix="aidledger-stage-") as tmp:
+        home = Path(tmp)
+        broker = embedded.start_broker(home, embedded.free_port())
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AIDLEDGER_")}
+            env.update(AIDLEDGER_KAFKA_BOOTSTRAP=broker.endpoint, AIDLEDGER_PARTITIONS=str(partitions),
+                       AIDLEDGER_LOG_LEVEL="WARNING")
+            stack = StackSettings.from_env(env)
+            specs = declared_topics(stack)
+            kafka.create_topics(broker.endpoint, list(specs.values()))
+            data = make_events(events, tokens, seed)
+            t = time.perf_counter()
+            asyncio.run(produce(broker.endpoint, specs["ledger"].name, data))
+            produce_s = time.perf_counter() - t
+            ceiling = asyncio.run(raw_ceiling(broker.endpoint, specs["ledger"].name, partitions))
+            port = embedded.free_port()
+            worker = time_process(["worker"], dict(env, AIDLEDGER_WORKER_METRICS_PORT=str(port)),
+                                  f"http://127.0.0.1:{port}/metrics", "aidledger_worker_events_total", events, 600,
+                                  home / "worker.log")
+            bport = embedded.free_port()
+            baseline = time_process(["baseline", "--metrics-port", str(bport)], env, f"http://127.0.0.1:{bport}/metrics",
+                                    "aidledger_baseline_events_total", baseline_events, 300, home / "baseline.log")
+        finally:
+            broker.stop()
+    return {
+        "events": events, "tokens": tokens, "partitions": partitions,
+        "produce_events_per_s": events / produce_s,
+        "raw_ceiling_events_per_s": ceiling["events_per_s"],
+        "worker_events_per_s": worker["events_per_s"],
+        "worker_seconds": worker["seconds"],
+        "baseline_events_per_s": baseline["events_per_s"],
+        "baseline_events_timed": baseline["events"],
+        "worker_over_raw_ceiling": worker["events_per_s"] / ceiling["events_per_s"],
+        "worker_over_baseline": worker["events_per_s"] / baseline["events_per_s"] if baseline["events_per_s"] else None,
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(detection_stage(), indent=2))
