@@ -322,7 +322,11 @@ def validate_record(
     )
     values = partial.content_values()
     event_id = make_event_id(source_system, source_ref, content_digest(values))
-    disbursement = replace(partial, event_id=event_id, field_digests=field_digests(values))
+    disbursement = Disbursement(
+        event_id, source_system, source_ref, source_type, agency_code, programme_code, token, identity_kind,
+        kk_tok, amount, kind, period, disbursed_at_us, partial.disbursed_at_offset_min, channel, region_code,
+        funding_account, now_us, field_digests(values),
+    )
     identity = Identity(
         person_token=token,
         identity_kind=identity_kind,

@@ -41,7 +41,8 @@ def normalize(raw: str) -> str:
 
 
 def is_ascii_digits(text: str, length: int) -> bool:
-    return len(text) == length and all(c in ASCII_DIGITS for c in text)
+    # isascii() first: str.isdigit() alone accepts Arabic-Indic, full-width and superscript digits
+    return len(text) == length and text.isascii() and text.isdigit()
 
 
 def nik_problem(nik: str) -> str | None:

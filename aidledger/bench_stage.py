@@ -163,3 +163,83 @@ if __name__ == "__main__":
     import json
 
     print(json.dumps(detection_stage(), indent=2))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def recovery_stage(tokens: int = 1_000_000, payments_per_token: int = 2, partitions: int = 8, seed: int = 11) -> dict:
+    """Rebuild a worker's state for `tokens` people from a changelog holding
+    tokens x payments_per_token accepted events; time it and measure the state's memory."""
+    import gc
+
+    from streams.state import LedgerState, delta_records
+
+    rnd = random.Random(seed)
+    people = [f"{rnd.getrandbits(128):032x}" for _ in range(tokens)]
+    template = make_events(1, 1, seed)[0]
+    with tempfile.TemporaryDirectory(prefix="aidledger-recovery-") as tmp:
+        broker = embedded.start_broker(Path(tmp), embedded.free_port())
+        try:
+            env = {"AIDLEDGER_KAFKA_BOOTSTRAP": broker.endpoint, "AIDLEDGER_PARTITIONS": str(partitions)}
+            specs = declared_topics(StackSettings.from_env(env))
+            kafka.create_topics(broker.endpoint, [specs["state"]])
+            encoder = codec.codec(codec.STATE_DELTA)
+
+            async def fill() -> int:
+                producer = AIOKafkaProducer(bootstrap_servers=broker.endpoint, acks="all", linger_ms=20,
+                                            max_batch_size=1024 * 1024, max_request_size=2 * 1024 * 1024)
+                await producer.start()
+                try:
+                    n = 0
+                    pending: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+                    futures = []
+                    for i in range(tokens * payments_per_token):
+                        token = people[i % tokens]
+                        programme, amount = PROGRAMMES[i % len(PROGRAMMES)]
+                        d = replace(template, person_token=token, source_ref=f"S{i:010d}", event_id=f"{i:032x}",
+                                    programme_code=programme, amount_idr=amount, period=PERIODS[(i // tokens) % 12])
+                        p = int(token[:8], 16) % partitions
+                        pending[p].append(codec.encode_disbursement(d))
+                        if len(pending[p]) >= 4000:
+                            for rec in delta_records(p, 0, pending[p]):
+                                futures.append(await producer.send(specs["state"].name, encoder.encode(rec), partition=p))
+                            n += len(pending[p])
+                            pending[p] = []
+                    for p, values in pending.items():
+                        for rec in delta_records(p, 0, values):
+                            futures.append(await producer.send(specs["state"].name, encoder.encode(rec), partition=p))
+                        n += len(values)
+                    await asyncio.gather(*futures)
+                    return n
+                finally:
+                    await producer.stop()
+
+            produced = asyncio.run(fill())
+            del people
+            gc.collect()
+            before = _rss_bytes()
+            state = LedgerState(broker.endpoint, specs["state"].name)
+
+            async def load() -> float:
+                started = time.perf_counter()
+                await state.ensure_loaded(range(partitions))
+                return time.perf_counter() - started
+
+            seconds = asyncio.run(load())
+            gc.collect()
+            after = _rss_bytes()
+            persons = state.persons()
+        finally:
+            broker.stop()
+    return {
+        "tokens": persons,
+        "payments": produced,
+        "rebuild_seconds": seconds,
+        "rebuild_payments_per_s": produced / seconds,
+        "state_bytes": after - before,
+        "state_mib_per_million_tokens": (after - before) / 2**20 / (persons / 1e6),
+        "state_bytes_per_payment": (after - before) / produced,
+    }

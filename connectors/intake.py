@@ -246,16 +246,10 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
                         report.accepted_idr_by_programme[programme] += amount
                     else:
                         report.redelivered += 1
-                cur.executemany(
-                    "INSERT INTO vault.identity (person_token, identity_kind, nik, provisional_id, recipient_name)"
-                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (person_token) DO NOTHING",
-                    list(identities.values()),
-                )
+                _copy_upsert(cur, "vault.identity", ("person_token", "identity_kind", "nik", "provisional_id", "recipient_name"),
+                             identities.values())
                 if households:
-                    cur.executemany(
-                        "INSERT INTO vault.household (kk_token, kk) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                        list(households.values()),
-                    )
+                    _copy_upsert(cur, "vault.household", ("kk_token", "kk"), households.values())
                 cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
             if rejections:
                 cur.executemany(
@@ -266,6 +260,17 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
 
 
 _KEYS_LOCK = 0x41_49_44_4B  # "AIDK"
+
+
+def _copy_upsert(cur, table: str, columns: tuple[str, ...], rows) -> None:
+    """Insert rows that are not there yet, through COPY into a temporary twin of the table."""
+    stage = "stage_" + table.replace(".", "_")
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    cols = ", ".join(columns)
+    with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    cur.execute(f"INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({columns[0]}) {cols} FROM {stage} ON CONFLICT DO NOTHING")
 
 
 @dataclass(frozen=True, slots=True)

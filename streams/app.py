@@ -120,6 +120,7 @@ class LedgerProcessor:
             os._exit(75)
         for partition, _, changed in deltas:
             self.state.partitions[partition].update(changed)
+        self.state.added(outcome_counts[outcomes.ACCEPTED])
         for outcome, n in outcome_counts.items():
             metrics.EVENTS_IN.labels(outcome).inc(n)
         for (source_type, programme), n in accepted_by.items():

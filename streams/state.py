@@ -18,6 +18,7 @@ recognised as redeliveries and change nothing).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Iterable
@@ -64,13 +65,30 @@ def apply_delta(state: PartitionState, record: dict) -> int:
     return len(events)
 
 
+FREEZE_EVERY = 50_000
+
+
 class LedgerState:
+    """Why the freezing: the state is millions of long-lived objects, and CPython's full
+    collection walks every tracked object: with a million payments a pause of several hundred
+    milliseconds, straight into the alert latency. Every FREEZE_EVERY new payments the young
+    objects are collected once and then moved to the permanent generation (`gc.freeze`), which
+    later collections skip. Only that delta is ever walked, and nothing cyclic leaks past it."""
+
     def __init__(self, bootstrap: str, state_topic: str, fetch_max_wait_ms: int = 25):
         self.bootstrap = bootstrap
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.state_topic = state_topic
         self.partitions: dict[int, PartitionState] = {}
         self._loading: dict[int, asyncio.Task] = {}
+        self._since_freeze = 0
+
+    def added(self, payments: int) -> None:
+        self._since_freeze += payments
+        if self._since_freeze >= FREEZE_EVERY:
+            self._since_freeze = 0
+            gc.collect()
+            gc.freeze()
 
     def persons(self) -> int:
         return sum(len(s) for s in self.partitions.values())
@@ -122,6 +140,7 @@ class LedgerState:
             await consumer.stop()
         self.partitions[partition] = state
         self._loading.pop(partition, None)
+        self.added(FREEZE_EVERY)
         elapsed = time.perf_counter() - started
         metrics.RECOVERY_SECONDS.observe(elapsed)
         metrics.PERSONS.set(self.persons())
