@@ -55,6 +55,7 @@ class StackSettings(_Group):
     nik_token_key_file: str = _setting("AIDLEDGER_NIK_TOKEN_KEY_FILE", "", "file holding the hex token secret; empty means <home>/secrets/nik-token.key, created by `up` when missing")
     log_level: str = _setting("AIDLEDGER_LOG_LEVEL", "INFO", "log level of every process")
     rulebook_version: str = _setting("AIDLEDGER_RULEBOOK_VERSION", "builtin-1", "rulebook version stamped on alerts")
+    consumer_group: str = _setting("AIDLEDGER_CONSUMER_GROUP", "", "consumer group (Faust app id) of the ledger workers; empty means aidledger-<topic prefix>-ledger")
     fetch_max_wait_ms: int = _setting("AIDLEDGER_FETCH_MAX_WAIT_MS", 25, "longest a consumer's fetch waits at the broker; Tansu answers only when it expires, so this bounds latency")
 
 
@@ -88,11 +89,17 @@ class RelaySettings(_Group):
 ALL_GROUPS = (StackSettings, WorkerSettings, ProjectorSettings, RelaySettings)
 
 
+def consumer_group(stack: StackSettings) -> str:
+    """The ledger workers' consumer group, which is also their Faust app id."""
+    return stack.consumer_group or f"aidledger-{stack.topic_prefix}-ledger"
+
+
 def topic_names(stack: StackSettings) -> dict[str, str]:
     p = stack.topic_prefix
     return {
         "ledger": f"{p}.ledger.v1",
         "alerts": f"{p}.alerts.v1",
         "deadletter": f"{p}.deadletter.v1",
-        "state": f"{p}.ledger-state.v1",
+        # the state changelog belongs to one consumer group, like a Faust table's changelog
+        "state": f"{consumer_group(stack)}-state-changelog",
     }

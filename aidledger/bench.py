@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -78,6 +79,56 @@ async def raw_ceiling(bootstrap: str, topic: str, partitions: int) -> dict:
     return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed}
 
 
+async def _read_records(bootstrap: str, topic: str, partitions: int, limit: int) -> list:
+    from projections.writer import Record
+
+    marks = await high_watermarks(bootstrap, topic, partitions)
+    total = min(limit, sum(marks.values()))
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    out = []
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while len(out) < total:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                out.extend(Record(r.topic, r.partition, r.offset, r.key, r.value, ()) for r in records)
+    finally:
+        await consumer.stop()
+    return out[:total]
+
+
+def projection_write_rate(stack: Stack, topics: dict, limit: int = 200_000, batch: int = 20_000) -> dict:
+    """The projector's write path alone (decode, idempotency, COPY, totals, tracking) into a
+    fresh database, in its production batch size."""
+    from projections.migrate import migrate
+    from projections.writer import prepare, write_batch
+
+    records = asyncio.run(_read_records(stack.bootstrap, topics["ledger"].name, topics["ledger"].partitions, limit))
+    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS bench_projection")
+        admin.execute("CREATE DATABASE bench_projection")
+    url = stack.database_url.rsplit("/", 1)[0] + "/bench_projection"
+    migrate(url)
+    names = {role: topics[role].name for role in ("ledger", "alerts", "deadletter")}
+    with psycopg.connect(url, autocommit=True) as conn:
+        prepare(conn)
+        started = time.perf_counter()
+        for i in range(0, len(records), batch):
+            chunk = records[i : i + batch]
+            ends = {}
+            for r in chunk:
+                ends[(r.topic, r.partition)] = r.offset + 1
+            write_batch(conn, "bench", names, chunk, ends)
+        seconds = time.perf_counter() - started
+        rows = conn.execute("SELECT count(*) FROM ledger.events").fetchone()[0]
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -123,6 +174,7 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
                             alerts_topic=topics["alerts"].name, token_key=key, reference=default_reference(),
                             chunk_rows=chunk)
                 _caught_up(stack, 600)
+                projection = projection_write_rate(stack, topics)
                 latencies = [r[0] for r in conn.execute(
                     "SELECT latency_ms FROM ledger.alerts WHERE first_raised_at >= %s AND rule_id = %s",
                     (mark, RULE_DUPLICATE_PERSON)).fetchall()]
@@ -135,6 +187,7 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
         "e2e_seconds": e2e_s,
         "e2e_events_per_s": report.accepted / e2e_s,
         "raw_ceiling_events_per_s": ceiling["events_per_s"],
+        "projection_rows_per_s": projection["rows_per_s"],
         "paced_offered_per_s": paced_rate,
         "paced_alerts": len(latencies),
         "alert_latency_p50_ms": _percentile(latencies, 0.50),
@@ -154,26 +207,116 @@ def _machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
 
 
+TARGETS = {
+    "detection_events_per_s": 30_000,
+    "detection_over_raw_ceiling": 0.5,
+    "e2e_events_per_s": 10_000,
+    "alert_latency_p99_ms": 100,
+    "projection_rows_per_s": 50_000,
+    "rebuild_seconds_per_million_tokens": 120,
+    "state_mib_per_million_tokens": 200,
+}
+
+
+def _medians(rounds: list[dict]) -> dict:
+    keys = [k for k, v in rounds[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return {k: statistics.median(r[k] for r in rounds if r.get(k) is not None) for k in keys}
+
+
+def _print_rounds(title: str, rounds: list[dict], medians: dict) -> None:
+    print(f"\n{title}: medians of {len(rounds)} rounds")
+    for k, v in medians.items():
+        print(f"  {k:<34} {v:>16,.2f}")
+
+
 def run_bench(args) -> int:
-    rounds = []
+    from aidledger import bench_stage
+
+    e2e = []
     for i in range(args.rounds):
-        print(f"bench round {i + 1}/{args.rounds}: {args.records:,} records", flush=True)
-        r = one_round(args.records, seed=1000 + i, paced_rate=args.paced_rate, paced_s=args.paced_seconds)
-        print("  " + ", ".join(f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v:,}" for k, v in r.items()), flush=True)
-        rounds.append(r)
-    keys = [k for k, v in rounds[0].items() if isinstance(v, (int, float))]
-    medians = {k: statistics.median(r[k] for r in rounds) for k in keys}
-    medians["e2e_over_raw_ceiling"] = statistics.median(r["e2e_events_per_s"] / r["raw_ceiling_events_per_s"] for r in rounds)
+        print(f"end to end, round {i + 1}/{args.rounds}: {args.records:,} records", flush=True)
+        e2e.append(one_round(args.records, seed=1000 + i, paced_rate=args.paced_rate, paced_s=args.paced_seconds))
+    detection = []
+    for i in range(args.rounds):
+        print(f"detection stage, round {i + 1}/{args.rounds}", flush=True)
+        detection.append(bench_stage.detection_stage(seed=7 + i))
+    print("worker state rebuild: 1,000,000 tokens", flush=True)
+    recovery = bench_stage.recovery_stage()
+    e2e_m, det_m = _medians(e2e), _medians(detection)
+    e2e_m["e2e_over_raw_ceiling"] = statistics.median(r["e2e_events_per_s"] / r["raw_ceiling_events_per_s"] for r in e2e)
+    scale = 1e6 / recovery["tokens"]
+    summary = {
+        "detection_events_per_s": det_m["worker_events_per_s"],
+        "detection_over_raw_ceiling": det_m["worker_over_raw_ceiling"],
+        "detection_two_workers_events_per_s": det_m["two_workers_events_per_s"],
+        "detection_over_baseline": det_m["worker_over_baseline"],
+        "e2e_events_per_s": e2e_m["e2e_events_per_s"],
+        "alert_latency_p50_ms": e2e_m["alert_latency_p50_ms"],
+        "alert_latency_p99_ms": e2e_m["alert_latency_p99_ms"],
+        "projection_rows_per_s": e2e_m["projection_rows_per_s"],
+        "rebuild_seconds_per_million_tokens": recovery["rebuild_seconds"] * scale,
+        "state_mib_per_million_tokens": recovery["state_mib_per_million_tokens"],
+    }
+    met = {}
+    for k, target in TARGETS.items():
+        value = summary[k]
+        met[k] = value <= target if k in ("alert_latency_p99_ms", "rebuild_seconds_per_million_tokens",
+                                          "state_mib_per_million_tokens") else value >= target
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(),
-        "rounds": rounds,
-        "median": medians,
+        "summary": summary,
+        "targets": TARGETS,
+        "met": met,
+        "end_to_end": {"rounds": e2e, "median": e2e_m},
+        "detection_stage": {"rounds": detection, "median": det_m},
+        "recovery": recovery,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"\nmedians over {len(rounds)} rounds -> {out}")
-    for k, v in medians.items():
-        print(f"  {k:<28} {v:>14,.2f}")
+    _print_rounds("end to end", e2e, e2e_m)
+    _print_rounds("detection stage", detection, det_m)
+    print("\nsummary against the targets")
+    for k, v in summary.items():
+        mark = "" if k not in met else ("  met" if met[k] else f"  NOT MET (target {TARGETS[k]:,})")
+        print(f"  {k:<40} {v:>14,.2f}{mark}")
+    chart = out.with_suffix(".png")
+    if _chart(result, chart):
+        print(f"chart -> {chart}")
+    print(f"results -> {out}")
     return 0
+
+
+def _chart(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (make bench installs it); no chart", file=sys.stderr)
+        return False
+    s, det, e2e = result["summary"], result["detection_stage"]["median"], result["end_to_end"]["median"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 1.3]})
+    names = ["raw ceiling\n(consume+decode)", "ledger worker\n1 process", "ledger worker\n2 processes",
+             "per-event Faust\nagent + Table", "end to end\n(ingest to projected)", "projector\nwrite path"]
+    values = [det["raw_ceiling_events_per_s"], s["detection_events_per_s"], s["detection_two_workers_events_per_s"],
+              det["baseline_events_per_s"], s["e2e_events_per_s"], s["projection_rows_per_s"]]
+    bars = left.bar(names, values, color=["#999999", "#1f77b4", "#1f77b4", "#d62728", "#2ca02c", "#9467bd"])
+    left.bar_label(bars, labels=[f"{v / 1000:.1f}k" for v in values], fontsize=8)
+    left.set_ylabel("events (rows) per second")
+    left.set_title("Throughput, medians", fontsize=10)
+    left.tick_params(axis="x", labelsize=7)
+    lat = [e2e["alert_latency_p50_ms"], e2e["alert_latency_p99_ms"]]
+    lbars = right.bar(["p50", "p99"], lat, color=["#2ca02c", "#ff7f0e"])
+    right.bar_label(lbars, labels=[f"{v:.0f} ms" for v in lat], fontsize=8)
+    right.axhline(100, color="#d62728", linestyle="--", linewidth=1)
+    right.set_title(f"Ingest to alert at {e2e['paced_offered_per_s']:,.0f}/s offered", fontsize=10)
+    right.set_ylabel("milliseconds")
+    fig.suptitle(f"aidledger bench {result['date'][:10]}, {result['machine']['cores']} cores, {result['machine']['cpu']}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

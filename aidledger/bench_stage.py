@@ -80,39 +80,45 @@ def counter_total(url: str, metric: str) -> float:
     total = 0.0
     for line in body.splitlines():
         if line.startswith(metric) and not line.startswith("#"):
-            name = line.split(" ", 1)[0]
-            if name == metric or name.startswith(metric + "{"):
+            name = line.rsplit(" ", 1)[0]
+            if name == metric or ("{" not in metric and name.startswith(metric + "{")):
                 total += float(line.rsplit(" ", 1)[1])
     return total
 
 
-def time_process(args: list[str], env: dict, url: str, metric: str, target: int, timeout_s: float,
-                 log_path: Path) -> dict:
-    """Run a worker until its counter reaches `target` (or the timeout); rate from first count."""
+def time_processes(commands: list[tuple[list[str], dict, str]], metric: str, target: int, timeout_s: float,
+                   log_path: Path) -> dict:
+    """Run workers (args, env, metrics url) until their counters add up to `target` (or the
+    timeout); the rate counts from the first counted event."""
+    procs = []
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "aidledger.cli", *args], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        for args, env, _ in commands:
+            procs.append(subprocess.Popen([sys.executable, "-m", "aidledger.cli", *args], env=env, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
     try:
         deadline = time.monotonic() + timeout_s
         first = None
         count = 0.0
         while time.monotonic() < deadline:
-            count = counter_total(url, metric)
+            count = sum(counter_total(url, metric) for _, _, url in commands)
             now = time.perf_counter()
             if count > 0 and first is None:
                 first = (now, count)
             if count >= target:
                 break
-            if proc.poll() is not None:
-                raise RuntimeError(f"{args[0]} exited with {proc.returncode}; see {log_path}")
+            for proc, (args, _, _) in zip(procs, commands):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{args[0]} exited with {proc.returncode}; see {log_path}")
             time.sleep(0.02)
         end = time.perf_counter()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     if first is None or count <= first[1]:
         return {"events": int(count), "events_per_s": 0.0, "seconds": 0.0}
     return {"events": int(count), "seconds": end - first[0], "events_per_s": (count - first[1]) / (end - first[0])}
@@ -137,13 +143,24 @@ def detection_stage(events: int = 200_000, tokens: int = 50_000, partitions: int
             asyncio.run(produce(broker.endpoint, specs["ledger"].name, data))
             produce_s = time.perf_counter() - t
             ceiling = asyncio.run(raw_ceiling(broker.endpoint, specs["ledger"].name, partitions))
-            port = embedded.free_port()
-            worker = time_process(["worker"], dict(env, AIDLEDGER_WORKER_METRICS_PORT=str(port)),
-                                  f"http://127.0.0.1:{port}/metrics", "aidledger_worker_events_total", events, 600,
-                                  home / "worker.log")
+            workers = {}
+            for n in (1, 2):
+                commands = []
+                group_env = dict(env, AIDLEDGER_CONSUMER_GROUP=f"bench-{n}-workers")
+                kafka.create_topics(broker.endpoint, [declared_topics(StackSettings.from_env(group_env))["state"]])
+                for i in range(n):
+                    port = embedded.free_port()
+                    commands.append((["worker", "--index", str(i)],
+                                     dict(group_env, AIDLEDGER_WORKER_METRICS_PORT=str(port - i)),
+                                     f"http://127.0.0.1:{port}/metrics"))
+                # accepted events only: after a rebalance a worker re-reads some events and answers
+                # `exists`, which must not count as throughput
+                workers[n] = time_processes(commands, 'aidledger_worker_events_total{outcome="accepted"}', events,
+                                            600, home / f"worker-{n}.log")
+            worker = workers[1]
             bport = embedded.free_port()
-            baseline = time_process(["baseline", "--metrics-port", str(bport)], env, f"http://127.0.0.1:{bport}/metrics",
-                                    "aidledger_baseline_events_total", baseline_events, 300, home / "baseline.log")
+            baseline = time_processes([(["baseline", "--metrics-port", str(bport)], env, f"http://127.0.0.1:{bport}/metrics")],
+                                      "aidledger_baseline_events_total", baseline_events, 300, home / "baseline.log")
         finally:
             broker.stop()
     return {
@@ -152,6 +169,7 @@ def detection_stage(events: int = 200_000, tokens: int = 50_000, partitions: int
         "raw_ceiling_events_per_s": ceiling["events_per_s"],
         "worker_events_per_s": worker["events_per_s"],
         "worker_seconds": worker["seconds"],
+        "two_workers_events_per_s": workers[2]["events_per_s"],
         "baseline_events_per_s": baseline["events_per_s"],
         "baseline_events_timed": baseline["events"],
         "worker_over_raw_ceiling": worker["events_per_s"] / ceiling["events_per_s"],

@@ -20,7 +20,7 @@ import faust
 from aidcore import outcomes
 from aidcore.ledger import Rulebook, decide_batch
 from aidcore.reference import Reference, default_reference
-from aidcore.settings import StackSettings, WorkerSettings
+from aidcore.settings import StackSettings, WorkerSettings, consumer_group
 from schemas import codec
 from schemas.topics import declared_topics
 from streams import metrics
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def group_id(stack: StackSettings) -> str:
     """The Faust app id, which is the consumer group of the ledger workers of one stack."""
-    return f"aidledger-{stack.topic_prefix}-ledger"
+    return consumer_group(stack)
 
 
 def _now_us() -> int:

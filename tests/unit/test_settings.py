@@ -102,7 +102,16 @@ def test_describe_lists_every_field():
 def test_topic_names_follow_the_prefix():
     names = settingsmod.topic_names(settingsmod.StackSettings.from_env({"AIDLEDGER_TOPIC_PREFIX": "lpg"}))
     assert names["ledger"] == "lpg.ledger.v1"
-    assert all(n.startswith("lpg.") for n in names.values())
+    assert all(n.startswith("lpg.") for role, n in names.items() if role != "state")
+    assert names["state"] == "aidledger-lpg-ledger-state-changelog"
+
+
+def test_each_consumer_group_has_its_own_state_changelog():
+    """Two groups reading one ledger must never share a changelog: each would load the other's
+    accepted payments and answer `exists` for events it never decided."""
+    a = settingsmod.topic_names(settingsmod.StackSettings.from_env({"AIDLEDGER_CONSUMER_GROUP": "a"}))
+    b = settingsmod.topic_names(settingsmod.StackSettings.from_env({"AIDLEDGER_CONSUMER_GROUP": "b"}))
+    assert a["ledger"] == b["ledger"] and a["state"] != b["state"]
 
 
 def test_the_readme_lists_every_variable():
