@@ -1,9 +1,10 @@
 """The ledger decision: idempotency, duplicates and running totals per person.
 
-State is per person token: a mapping from idempotency key ("source_system\\x1fsource_ref") to a
-`Payment` (what was accepted under that key). Totals per programme and period are derived from
-it, so one value carries both the totals and the seen keys: a re-read event after a crash finds
-its key and changes nothing. Keys are kept for as long as the ledger lives, not for a window.
+State is per person token: a mapping from idempotency key (a 64-bit hash of source_system and
+source_ref, see `idem_key`) to a `Payment` (what was accepted under that key). Every field is
+fixed-size, so a shell can pack a person's payments into one bytes record. Totals per
+programme and period are derived from it, so one value carries both the totals and the seen
+keys: a re-read event after a crash finds its key and changes nothing. Keys are kept for as long as the ledger lives, not for a window.
 
 `decide_batch` is the hot path: a batch of events in, all resulting changes out (changed person
 states, one outcome per event, alerts coalesced by identity), so shells can write them in one
@@ -13,6 +14,7 @@ produce call and one transaction. It never mutates its inputs.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from sys import intern
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Sequence
@@ -27,28 +29,34 @@ RULE_MODIFIED_RESUBMISSION = "modified_resubmission"
 
 
 class Payment(NamedTuple):
-    """One accepted payment in a person's state. A tuple: compact, and cheap to copy."""
+    """One accepted payment in a person's state. Only what decisions need: the sending system and
+    reference are not kept (a key hash stands for them), so alert lines name earlier payments by
+    event id and the projection looks their references up in the archive."""
 
-    event_id: str
+    event_id: bytes  # the 16 bytes of the event id (a UUID)
     programme_code: str
     period: str
     amount_idr: int
     digests: bytes  # `aidcore.intake.field_digests` of the content
     disbursed_at_us: int
-    region_code: str
     source_type: str
 
 
-PersonState = Mapping[str, Payment]
+PersonState = Mapping[int, Payment]
 
 
-def idem_key(source_system: str, source_ref: str) -> str:
-    return f"{source_system}\x1f{source_ref}"
+def idem_key(source_system: str, source_ref: str) -> int:
+    """The idempotency key as a 64-bit hash: a collision needs about 2^32 keys for one person."""
+    raw = hashlib.blake2b(f"{source_system}\x1f{source_ref}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(raw, "big")
 
 
-def split_key(key: str) -> tuple[str, str]:
-    system, _, ref = key.partition("\x1f")
-    return system, ref
+def event_id_bytes(event_id: str) -> bytes:
+    return bytes.fromhex(event_id.replace("-", ""))
+
+
+def event_id_text(raw: bytes) -> str:
+    return str(uuid.UUID(bytes=raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +123,13 @@ def first_difference(old: bytes, new: bytes) -> str:
     return "exists_with_different_content"
 
 
-def resubmission_outcome(original_event_id: str, original_digests: bytes, event: Disbursement, digests: bytes | None = None) -> str:
+def resubmission_outcome(original_event_id: str | bytes, original_digests: bytes, event: Disbursement,
+                         digests: bytes | None = None) -> str:
     """The outcome for an idempotency key seen before. The event id is a SHA-256 digest of the
     whole content, so equal ids mean a true redelivery; the short per-field digests only name
     the field that differs (and can collide, hence `exists_with_different_content`)."""
+    if isinstance(original_event_id, bytes):
+        original_event_id = event_id_text(original_event_id)
     if original_event_id == event.event_id:
         return outcomes.EXISTS
     outcome = first_difference(original_digests, digests if digests is not None else event.digests())
@@ -129,13 +140,12 @@ def payment_of(event: Disbursement, digests: bytes) -> Payment:
     # Codes, periods and regions repeat across millions of payments: interned, each distinct value
     # is stored once, and the duplicate check compares them by identity.
     return Payment(
-        event.event_id,
+        event_id_bytes(event.event_id),
         intern(event.programme_code),
         intern(event.period),
         event.amount_idr,
         digests,
         event.disbursed_at_us,
-        intern(event.region_code),
         intern(event.source_type),
     )
 
@@ -185,14 +195,38 @@ def decide_batch(
     return result
 
 
-def _lines(state: PersonState, programme: str, period: str) -> list[AlertLine]:
-    lines = [
-        AlertLine(p.event_id, *split_key(k), p.amount_idr, p.disbursed_at_us)
-        for k, p in state.items()
-        if p.programme_code == programme and p.period == period
-    ]
-    lines.sort(key=lambda line: (line.disbursed_at_us, line.source_system, line.source_ref))
+def _lines(state: PersonState, programme: str, period: str, trigger: Disbursement) -> list[AlertLine]:
+    """The case's payments, oldest first. Only the triggering event's own reference is known
+    here; the others are named by event id (`source_system`/`source_ref` empty)."""
+    lines = []
+    for p in state.values():
+        if p.programme_code == programme and p.period == period:
+            event_id = event_id_text(p.event_id)
+            if event_id == trigger.event_id:
+                lines.append(AlertLine(event_id, trigger.source_system, trigger.source_ref, p.amount_idr, p.disbursed_at_us))
+            else:
+                lines.append(AlertLine(event_id, "", "", p.amount_idr, p.disbursed_at_us))
+    lines.sort(key=lambda line: (line.disbursed_at_us, line.event_id))
     return lines
+
+
+def describe_line(line: AlertLine) -> str:
+    source = f"by {line.source_system} ref {line.source_ref}" if line.source_system else f"in event {line.event_id[:8]}"
+    return f"{rupiah(line.amount_idr)} {source} on {local_time(line.disbursed_at_us)[:10]}"
+
+
+def duplicate_message(event_region: str, programme_code: str, period: str, lines: Sequence[AlertLine],
+                      reference: Reference) -> str:
+    """The words of a duplicate case; the projection renders them again once every line's
+    reference is known."""
+    total = sum(line.amount_idr for line in lines)
+    at_stake = total - lines[0].amount_idr
+    name = reference.programmes[programme_code].name if programme_code in reference.programmes else programme_code
+    return (
+        f"One person in {reference.regency_name(event_region)} (village {event_region}) was paid "
+        f"{programme_code} ({name}) for {period} {len(lines)} times: {'; '.join(describe_line(x) for x in lines)}. "
+        f"{rupiah(at_stake)} paid beyond the first payment."
+    )
 
 
 def _duplicate_alert(
@@ -205,19 +239,10 @@ def _duplicate_alert(
             same += 1
     if same < 2:
         return None
-    lines = _lines(state, programme, period)
+    lines = _lines(state, programme, period, event)
     total = sum(line.amount_idr for line in lines)
     at_stake = total - lines[0].amount_idr
-    programme = reference.programmes[event.programme_code].name if event.programme_code in reference.programmes else event.programme_code
-    paid = "; ".join(
-        f"{rupiah(line.amount_idr)} by {line.source_system} ref {line.source_ref} on {local_time(line.disbursed_at_us)[:10]}"
-        for line in lines
-    )
-    message = (
-        f"One person in {reference.regency_name(event.region_code)} (village {event.region_code}) was paid "
-        f"{event.programme_code} ({programme}) for {event.period} {len(lines)} times: {paid}. "
-        f"{rupiah(at_stake)} paid beyond the first payment."
-    )
+    message = duplicate_message(event.region_code, event.programme_code, event.period, lines, reference)
     return Alert(
         alert_id=alert_id(RULE_DUPLICATE_PERSON, event.person_token, event.period, event.programme_code),
         revision=len(lines),
@@ -246,7 +271,8 @@ def modified_resubmission_alert(
     """The case of a key sent again with other content. Its subject is the person the original
     payment was recorded for (the new version may name someone else)."""
     field_name = outcome.removeprefix("exists_with_different_")
-    original = AlertLine(seen.event_id, event.source_system, event.source_ref, seen.amount_idr, seen.disbursed_at_us)
+    original = AlertLine(event_id_text(seen.event_id), event.source_system, event.source_ref, seen.amount_idr,
+                         seen.disbursed_at_us)
     attempt = AlertLine(event.event_id, event.source_system, event.source_ref, event.amount_idr, event.disbursed_at_us)
     message = (
         f"{event.source_system} sent reference {event.source_ref} again with a different {field_name}: "
@@ -255,7 +281,8 @@ def modified_resubmission_alert(
         f"Either the sending system has a bug or the record was altered."
     )
     return Alert(
-        alert_id=alert_id(RULE_MODIFIED_RESUBMISSION, seen_person_token, seen.period, idem_key(event.source_system, event.source_ref)),
+        alert_id=alert_id(RULE_MODIFIED_RESUBMISSION, seen_person_token, seen.period,
+                          f"{event.source_system}\x1f{event.source_ref}"),
         revision=1,
         rule_id=RULE_MODIFIED_RESUBMISSION,
         rulebook_version=rulebook.version,
@@ -264,7 +291,7 @@ def modified_resubmission_alert(
         subject_token=seen_person_token,
         programme_code=seen.programme_code,
         period=seen.period,
-        region_code=seen.region_code,
+        region_code=event.region_code,
         lines=(original, attempt),
         amount_idr_at_stake=abs(event.amount_idr - seen.amount_idr),
         amount_idr_total=seen.amount_idr,

@@ -25,6 +25,7 @@ from aidcore.ledger import (
     RULE_MODIFIED_RESUBMISSION,
     Payment,
     Rulebook,
+    event_id_bytes,
     modified_resubmission_alert,
     payment_of,
     resubmission_outcome,
@@ -296,7 +297,8 @@ def _known_keys(cur, candidates) -> dict[tuple[str, str], _KnownKey]:
     for system, ref, event_id, token, digests, programme, period, amount, at_us, region, source_type in cur.fetchall():
         digests = bytes(digests)
         out[(system, ref)] = _KnownKey(event_id, token, digests,
-                                       Payment(event_id, programme, period, amount, digests, at_us, region, source_type))
+                                       Payment(event_id_bytes(event_id), programme, period, amount, digests, at_us,
+                                               source_type))
     return out
 
 

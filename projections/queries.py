@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from aidcore.ledger import RULE_DUPLICATE_PERSON, AlertLine, duplicate_message
 from aidcore.reference import Reference
 
 
@@ -75,7 +76,35 @@ def alerts(conn: psycopg.Connection, reference: Reference, *, rule_id: str | Non
     sql += " ORDER BY first_raised_at, alert_id"
     if limit:
         sql += f" LIMIT {int(limit)}"
-    return [_alert_dict(r, reference) for r in conn.execute(sql, params).fetchall()]
+    rows = conn.execute(sql, params).fetchall()
+    return [_alert_dict(r, reference) for r in _with_references(conn, rows, reference)]
+
+
+def _with_references(conn: psycopg.Connection, rows: list[tuple], reference: Reference) -> list[tuple]:
+    """The worker's state keeps no source references, so an alert names earlier payments by event
+    id only; fill their references in from the archive and render the words again."""
+    missing = {ln["event_id"] for row in rows for ln in row[10] if not ln["source_system"]}
+    if not missing:
+        return rows
+    found = {
+        event_id: (system, ref)
+        for event_id, system, ref in conn.execute(
+            "SELECT event_id::text, source_system, source_ref FROM ledger.events WHERE event_id = ANY(%s::uuid[])",
+            (list(missing),),
+        )
+    }
+    out = []
+    for row in rows:
+        lines = [dict(ln) for ln in row[10]]
+        for ln in lines:
+            if not ln["source_system"] and ln["event_id"] in found:
+                ln["source_system"], ln["source_ref"] = found[ln["event_id"]]
+        row = list(row)
+        row[10] = lines
+        if row[2] == RULE_DUPLICATE_PERSON and all(ln["source_system"] for ln in lines):
+            row[13] = duplicate_message(row[9], row[7], row[8], [AlertLine(**ln) for ln in lines], reference)
+        out.append(tuple(row))
+    return out
 
 
 def trail(conn: psycopg.Connection, reference: Reference, person_token: str, *, who: str, why: str,

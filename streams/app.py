@@ -24,7 +24,7 @@ from aidcore.settings import StackSettings, WorkerSettings, consumer_group
 from schemas import codec
 from schemas.topics import declared_topics
 from streams import metrics
-from streams.state import LedgerState, delta_records
+from streams.state import LedgerState, delta_records, store, view
 from streams.transport import LedgerApp
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ class LedgerProcessor:
                 metrics.LAG.labels(str(partition)).set(max(0, hw - offset_end))
             if not good:
                 continue
-            view = self.state.partitions[partition]
-            result = decide_batch(view, good, rulebook=self.rulebook, reference=self.reference, now_us=now_us)
+            people = view(self.state.partitions[partition], {e.person_token for e in good})
+            result = decide_batch(people, good, rulebook=self.rulebook, reference=self.reference, now_us=now_us)
             accepted_values = []
             for i, (record, event, outcome) in enumerate(zip(good_records, good, result.outcomes)):
                 outcome_counts[outcome] += 1
@@ -119,7 +119,7 @@ class LedgerProcessor:
             log.exception("persisting a batch failed; exiting so that no unpersisted event is committed")
             os._exit(75)
         for partition, _, changed in deltas:
-            self.state.partitions[partition].update(changed)
+            store(self.state.partitions[partition], changed)
         self.state.added(outcome_counts[outcomes.ACCEPTED])
         for outcome, n in outcome_counts.items():
             metrics.EVENTS_IN.labels(outcome).inc(n)

@@ -11,11 +11,12 @@ import time
 import faust
 from prometheus_client import Counter, start_http_server
 
-from aidcore.ledger import Payment, Rulebook, decide_batch
+from aidcore.ledger import Rulebook, decide_batch
 from aidcore.reference import default_reference
 from aidcore.settings import StackSettings
 from schemas import codec
 from schemas.topics import declared_topics
+from streams.state import pack, unpack
 
 EVENTS = Counter("aidledger_baseline_events_total", "Events the baseline agent decided")
 
@@ -39,7 +40,7 @@ def run_baseline(stack: StackSettings, metrics_port: int) -> None:
                        value_serializer="raw", partitions=stack.partitions)
     alerts = app.topic(topics["alerts"].name + ".baseline", key_serializer="raw", value_serializer="raw",
                        partitions=stack.partitions)
-    table = app.Table("persons", default=dict, partitions=stack.partitions,
+    table = app.Table("persons", default=str, partitions=stack.partitions,
                       help="payments per person token (baseline)")
     rulebook, reference = Rulebook(), default_reference()
 
@@ -47,11 +48,11 @@ def run_baseline(stack: StackSettings, metrics_port: int) -> None:
     async def decide(stream):
         async for event in stream.events():
             d = codec.decode_disbursement(event.value)
-            state = {k: Payment(*v) for k, v in table[d.person_token].items()}
+            state = unpack(bytes.fromhex(table[d.person_token]))
             result = decide_batch({d.person_token: state}, [d], rulebook=rulebook, reference=reference,
                                   now_us=time.time_ns() // 1000)
             for person, payments in result.changed.items():
-                table[person] = {k: tuple(p) for k, p in payments.items()}
+                table[person] = pack(payments).hex()
             for alert in result.alerts.values():
                 await alerts.send(key=alert.subject_token.encode(), value=codec.encode_alert(alert))
             EVENTS.inc()

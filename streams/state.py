@@ -2,7 +2,8 @@
 
 Why not a Faust Table: every table write is its own changelog record, sent one by one, which
 caps a worker at a few hundred events per second. Here the state of ledger partition p is a
-plain dict {person_token: {idem_key: Payment}}, and each batch appends ONE changelog record to
+plain dict {person token: packed payments} (see `pack`), unpacked only for the people a batch
+touches, and each batch appends ONE changelog record to
 partition p of the state topic holding the ledger values it accepted there, verbatim (payments
 are only ever added, so those values are the exact change, and copying bytes costs next to
 nothing on the hot path). On assignment a partition's dict is rebuilt by replaying
@@ -20,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import struct
 import time
-from typing import Iterable
+from sys import intern
+from typing import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -31,7 +34,61 @@ from streams import metrics
 
 log = logging.getLogger(__name__)
 
-PartitionState = dict[str, dict[str, Payment]]
+# A person's payments packed into one bytes record, 66 bytes each: key hash, event id, slot
+# (programme, period, source type) index, amount, time, field digests. A Python object per
+# payment cost ~620 bytes; packed, a person costs one dict entry and one bytes object.
+_PAYMENT = struct.Struct(">Q16sHqq24s")
+_SLOTS: dict[tuple[str, str, str], int] = {}
+_SLOT_VALUES: list[tuple[str, str, str]] = []
+
+PartitionState = dict[bytes, bytes]  # 16-byte person token -> packed payments
+
+
+def _slot(programme: str, period: str, source_type: str) -> int:
+    key = (programme, period, source_type)
+    index = _SLOTS.get(key)
+    if index is None:
+        index = _SLOTS[key] = len(_SLOT_VALUES)
+        if index > 0xFFFF:  # pragma: no cover - 65,536 programme x period x source combinations
+            raise OverflowError("too many programme/period/source combinations for the packed state")
+        _SLOT_VALUES.append((intern(programme), intern(period), intern(source_type)))
+    return index
+
+
+def pack(person: Mapping[int, Payment]) -> bytes:
+    out = bytearray()
+    for key, p in person.items():
+        out += _PAYMENT.pack(key, p.event_id, _slot(p.programme_code, p.period, p.source_type), p.amount_idr,
+                             p.disbursed_at_us, p.digests)
+    return bytes(out)
+
+
+def unpack(blob: bytes) -> dict[int, Payment]:
+    person = {}
+    values = _SLOT_VALUES
+    for key, event_id, slot, amount, at_us, digests in _PAYMENT.iter_unpack(blob):
+        programme, period, source_type = values[slot]
+        person[key] = Payment(event_id, programme, period, amount, digests, at_us, source_type)
+    return person
+
+
+def token_key(token: str) -> bytes:
+    return bytes.fromhex(token)
+
+
+def view(state: PartitionState, tokens) -> dict[str, dict[int, Payment]]:
+    """The unpacked states of the given people, for one batch."""
+    out = {}
+    for token in tokens:
+        blob = state.get(token_key(token))
+        if blob is not None:
+            out[token] = unpack(blob)
+    return out
+
+
+def store(state: PartitionState, changed: Mapping[str, Mapping[int, Payment]]) -> None:
+    for token, person in changed.items():
+        state[token_key(token)] = pack(person)
 
 
 DELTA_MAX_BYTES = 512 * 1024  # well under the 1 MiB default message size of brokers and producers
@@ -55,13 +112,17 @@ def delta_records(partition: int, offset_end: int, accepted: list[bytes]) -> lis
 def apply_delta(state: PartitionState, record: dict) -> int:
     """Replay one changelog record into `state`; returns the payments added."""
     events = codec.decode_disbursements(record["events"])
+    added: dict[bytes, bytearray] = {}
     for d in events:
         if isinstance(d, codec.CodecError):  # pragma: no cover - the worker wrote only values it decoded
             raise d
-        person = state.get(d.person_token)
-        if person is None:
-            person = state[d.person_token] = {}
-        person[idem_key(d.source_system, d.source_ref)] = payment_of(d, d.digests())
+        key = token_key(d.person_token)
+        blob = added.get(key)
+        if blob is None:
+            blob = added[key] = bytearray(state.get(key, b""))
+        blob += pack({idem_key(d.source_system, d.source_ref): payment_of(d, d.digests())})
+    for key, blob in added.items():
+        state[key] = bytes(blob)
     return len(events)
 
 

@@ -50,8 +50,15 @@ def test_a_new_event_is_accepted_into_its_persons_state():
     assert result.alerts == {}
 
 
-def test_idem_key_round_trips():
-    assert ledger.split_key(idem_key("SIKS-NG", "REF/1")) == ("SIKS-NG", "REF/1")
+def test_idem_keys_are_64_bit_and_separate_system_from_reference():
+    key = idem_key("SIKS-NG", "REF/1")
+    assert 0 <= key < 2**64 and key == idem_key("SIKS-NG", "REF/1")
+    assert key != idem_key("SIKS-N", "GREF/1")  # the separator keeps "SIKS-N"+"GREF/1" apart
+
+
+def test_event_ids_round_trip_through_their_16_bytes():
+    d = disbursement()
+    assert ledger.event_id_text(ledger.event_id_bytes(d.event_id)) == d.event_id
 
 
 def test_redelivery_in_the_same_batch_is_exists_and_changes_nothing():
@@ -111,7 +118,7 @@ def test_modified_resubmission_in_the_same_batch_keeps_the_first():
     result = decide([original, modified])
     assert result.outcomes == [ACCEPTED, "exists_with_different_amount_idr"]
     (payment,) = result.changed[original.person_token].values()
-    assert (payment.event_id, payment.amount_idr) == (original.event_id, 750_000)
+    assert (ledger.event_id_text(payment.event_id), payment.amount_idr) == (original.event_id, 750_000)
 
 
 def test_the_same_modified_resubmission_twice_updates_one_case():
@@ -188,7 +195,9 @@ def test_duplicate_person_programme_period_grows_its_revision_under_one_alert_id
     assert (a2.revision, a3.revision) == (2, 3)
     assert a3.rule_id == RULE_DUPLICATE_PERSON and a3.outcome_code == "duplicate"
     assert (a3.subject_kind, a3.subject_token, a3.programme_code, a3.period) == ("PERSON", first.person_token, "PKH", "2026-04")
-    assert [line.source_ref for line in a3.lines] == ["PKH-A", "PKH-B", "PKH-C"]  # by disbursed_at
+    # by disbursed_at; earlier payments are named by event id, the trigger also by its reference
+    assert [line.event_id for line in a3.lines] == [first.event_id, second.event_id, third.event_id]
+    assert [line.source_ref for line in a3.lines] == ["", "", "PKH-C"]
     assert a3.amount_idr_total == 1_650_000
     assert a3.amount_idr_at_stake == 900_000  # beyond the first payment
     assert a3.trigger_event_id == third.event_id
@@ -202,7 +211,8 @@ def test_duplicate_lines_are_ordered_by_payment_time_not_arrival():
     late = disbursement(source_ref="LATE", disbursed_at="2026-04-09T10:00:00+07:00", amount_idr=300_000)
     early = disbursement(source_ref="EARLY", disbursed_at="2026-04-02T10:00:00+07:00")
     (alert,) = decide([late, early]).alerts.values()
-    assert [line.source_ref for line in alert.lines] == ["EARLY", "LATE"]
+    assert [line.event_id for line in alert.lines] == [early.event_id, late.event_id]
+    assert [line.source_ref for line in alert.lines] == ["EARLY", ""]  # the trigger names its reference
     assert alert.amount_idr_at_stake == 300_000
 
 
