@@ -34,6 +34,9 @@ def group_id(stack: StackSettings) -> str:
     return consumer_group(stack)
 
 
+DEAD_LETTER_MAX_BYTES = 256 * 1024
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -135,8 +138,11 @@ class LedgerProcessor:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def _dead_letter(self, message: Any, code: str, detail: str):
-        """`message` is a consumer record: topic, partition, offset, key, value."""
+        """`message` is a consumer record: topic, partition, offset, key, value. A value too large to
+        be produced again is cut to DEAD_LETTER_MAX_BYTES (its full length in a header): otherwise
+        the produce would fail, the worker would exit, and the partition would stall on it."""
         metrics.REJECTIONS.labels(code).inc()
+        value = message.value
         headers = [
             ("code", code.encode()),
             ("detail", detail.encode()[:500]),
@@ -145,7 +151,11 @@ class LedgerProcessor:
             ("source_partition", str(message.partition).encode()),
             ("source_offset", str(message.offset).encode()),
         ]
-        return await self.app.producer.send(self.dead_topic, message.key, message.value, None, None, headers)
+        if value is not None and len(value) > DEAD_LETTER_MAX_BYTES:
+            headers.append(("value_truncated_from", str(len(value)).encode()))
+            value = value[:DEAD_LETTER_MAX_BYTES]
+        key = message.key[:1024] if message.key else message.key
+        return await self.app.producer.send(self.dead_topic, key, value, None, None, headers)
 
 
 def bootstrap_of(stack: StackSettings) -> str:

@@ -126,6 +126,8 @@ def test_redelivered_and_garbage_records_on_the_topic(stack, cli, ingested):
             await p.send_and_wait(ledger, bytes(value), key=bytes(key))
             await p.send_and_wait(ledger, b"not avro at all", key=bytes(key))
             await p.send_and_wait(ledger, b"\xc3\x01" + b"\x00" * 8 + b"body", key=bytes(key))
+            # nearly the largest record a producer may send: dead-lettered (cut), never a stall
+            await p.send_and_wait(ledger, b"\x00" * 900_000, key=bytes(key))
         finally:
             await p.stop()
 
@@ -136,9 +138,12 @@ def test_redelivered_and_garbage_records_on_the_topic(stack, cli, ingested):
         with psycopg.connect(stack.database_url) as conn:
             return dict(conn.execute("SELECT code, count(*) FROM ledger.deadletters WHERE stage = 'stream' GROUP BY 1").fetchall())
 
-    codes = wait_until(lambda: (d := dead_letters()).get("avro_marker_invalid") and d.get("schema_fingerprint_unknown") and d,
+    codes = wait_until(lambda: (d := dead_letters()).get("avro_marker_invalid") == 2 and d.get("schema_fingerprint_unknown") and d,
                        60, "dead letters for the garbage records")
-    assert codes["avro_marker_invalid"] == 1 and codes["schema_fingerprint_unknown"] == 1
+    assert codes["avro_marker_invalid"] == 2 and codes["schema_fingerprint_unknown"] == 1
+    with psycopg.connect(stack.database_url) as conn:
+        (size,) = conn.execute("SELECT max(length(value)) FROM ledger.deadletters WHERE code = 'avro_marker_invalid'").fetchone()
+    assert size == 256 * 1024
     cli.run("wait", "--timeout", "60")
     with psycopg.connect(stack.database_url) as conn:
         after = conn.execute("SELECT sum(amount_idr_total)::bigint, sum(payments)::bigint FROM ledger.person_totals").fetchone()
