@@ -12,7 +12,7 @@ import hashlib
 import struct
 import uuid
 from zlib import crc32
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Sequence
 
 from aidcore import outcomes
-from aidcore.intake import Disbursement, field_digests
+from aidcore.intake import Disbursement
 from aidcore.reference import Reference
 from aidcore.rupiah import local_time, rupiah
 

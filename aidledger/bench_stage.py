@@ -236,7 +236,6 @@ def recovery_stage(tokens: int = 1_000_000, payments_per_token: int = 2, partiti
                     await producer.stop()
 
             produced = asyncio.run(fill())
-            del people
             gc.collect()
             before = _rss_bytes()
             state = LedgerState(broker.endpoint, specs["state"].name)

@@ -5,7 +5,6 @@ the dataset's answer key. Stops the stack at the end unless --keep-running.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import sys

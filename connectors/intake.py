@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import psycopg
 
-from aidcore.intake import Accepted, Rejection, field_digests, validate_record
+from aidcore.intake import Accepted, Rejection, validate_record
 from aidcore.ledger import (
     RULE_MODIFIED_RESUBMISSION,
     Payment,

@@ -19,7 +19,7 @@ import orjson
 import psycopg
 
 from aidcore import outcomes
-from aidcore.intake import Disbursement, field_digests
+from aidcore.intake import Disbursement
 from aidcore.ledger import resubmission_outcome
 from schemas import codec
 
