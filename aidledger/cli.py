@@ -214,40 +214,9 @@ def _estimate_rows(path: Path) -> int:
 
 # --- wait -----------------------------------------------------------------------------------
 
-def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
-    """Everything `wait` needs: what is still behind, per stage. Empty lists mean caught up."""
-    import psycopg
-
-    from infra import kafka
-    from projections.queries import progress
-    from schemas.topics import declared_topics
-    from streams.app import group_id
-
-    topics = declared_topics(stack)
-    ledger = topics["ledger"].name
-    with psycopg.connect(dsn) as conn:
-        prog = progress(conn)
-    behind = {"relay": [], "worker": [], "projector": []}
-    if prog["relay_seq"] < prog["outbox_max_seq"]:
-        behind["relay"].append(f"outbox {prog['outbox_max_seq'] - prog['relay_seq']} records unpublished")
-    produced = {p: o for (t, p), o in prog["relay_offsets"].items() if t == ledger}
-    committed = kafka.committed_offsets(bootstrap, group_id(stack), ledger)
-    for p, end in sorted(produced.items()):
-        if committed.get(p, 0) < end:
-            behind["worker"].append(f"{ledger}[{p}] {end - committed.get(p, 0)} behind")
-        if prog["tracking"].get((ledger, p), 0) < end:
-            behind["projector"].append(f"{ledger}[{p}] {end - prog['tracking'].get((ledger, p), 0)} behind")
-    for role in ("alerts", "deadletter"):
-        spec = topics[role]
-        marks = asyncio.run(kafka.high_watermarks(bootstrap, spec.name, spec.partitions))
-        for p, end in marks.items():
-            done = prog["tracking"].get((spec.name, p), 0)
-            if done < end:
-                behind["projector"].append(f"{spec.name}[{p}] {end - done} behind")
-    return behind
-
-
 def cmd_wait(args) -> int:
+    from infra.stack import lag_report
+
     home = _home(args)
     bootstrap, dsn = resolve_endpoints(home)
     stack = _stack()

@@ -19,8 +19,7 @@ from aidcore.reference import default_reference
 from aidcore.rupiah import rupiah
 from connectors import synthetic
 from connectors.intake import Progress, ingest_rows
-from infra import embedded
-from infra.stack import Stack, load_endpoints, token_key
+from infra.stack import Stack, StackError, free_port_environ, load_endpoints, token_key
 from projections.queries import alerts as alert_rows
 from projections.queries import summary as summary_of
 from schemas.topics import declared_topics
@@ -36,20 +35,6 @@ def _fresh_home(home: Path) -> None:
             raise SystemExit(f"{home} holds files the demo did not make; choose another --home")
         shutil.rmtree(home)
     home.mkdir(parents=True)
-
-
-def _wait_caught_up(stack: Stack, timeout_s: float) -> float:
-    from aidledger.cli import lag_report
-
-    started = time.monotonic()
-    while True:
-        behind = lag_report(stack.bootstrap, stack.database_url, stack.stack)
-        if not any(behind.values()):
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            raise SystemExit(f"demo: not caught up after {timeout_s:.0f}s: {behind}")
-        stack.check_children()
-        time.sleep(0.2)
 
 
 def answer_key_check(dataset: synthetic.Dataset, alerts: list[dict], key: bytes) -> dict:
@@ -87,10 +72,7 @@ def answer_key_check(dataset: synthetic.Dataset, alerts: list[dict], key: bytes)
 def run_demo(args) -> int:
     home = Path(args.home).resolve() if args.home else Path(".aidledger/demo").resolve()
     _fresh_home(home)
-    environ = dict(os.environ)
-    for var in ("AIDLEDGER_BROKER_PORT", "AIDLEDGER_POSTGRES_PORT", "AIDLEDGER_PROJECTOR_METRICS_PORT",
-                "AIDLEDGER_RELAY_METRICS_PORT", "AIDLEDGER_WORKER_METRICS_PORT"):
-        environ.setdefault(var, str(embedded.free_port()))
+    environ = free_port_environ(os.environ)
     t0 = time.monotonic()
     print(f"aidledger demo: starting the embedded stack under {home}", flush=True)
     stack = Stack(home, environ)
@@ -123,7 +105,10 @@ def run_demo(args) -> int:
         ingest_s = time.monotonic() - t2
         print(f"  ingested in {ingest_s:.1f}s: {report.accepted:,} accepted, {report.redelivered:,} redelivered "
               f"(stored once), {report.rejected:,} rejected", flush=True)
-        waited = _wait_caught_up(stack, timeout_s=900)
+        try:
+            waited = stack.wait_caught_up(timeout_s=900)
+        except StackError as exc:
+            raise SystemExit(f"demo: {exc}") from None
         total_s = time.monotonic() - t2
         print(f"  processed and projected {waited:.1f}s after ingest finished "
               f"({report.accepted / total_s:,.0f} events/s from start of ingest to projected)", flush=True)

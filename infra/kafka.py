@@ -40,14 +40,6 @@ def create_topics(bootstrap: str, specs: list[TopicSpec], replication: int = 1) 
         admin.close()
 
 
-def existing_topics(bootstrap: str) -> set[str]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="aidledger-admin", request_timeout_ms=15000)
-    try:
-        return set(admin.list_topics())
-    finally:
-        admin.close()
-
-
 async def high_watermarks(bootstrap: str, topic: str, partitions: int, *, timeout_s: float = 10.0) -> dict[int, int]:
     """The true end offset of each partition, read from fetch responses."""
     consumer = AIOKafkaConsumer(
@@ -70,6 +62,31 @@ async def high_watermarks(bootstrap: str, topic: str, partitions: int, *, timeou
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"no high watermark for {topic} partitions {sorted(set(range(partitions)) - set(marks))}")
         return marks
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int, limit: int | None = None) -> list:
+    """The records of a topic from the start to each partition's true high watermark (at most
+    `limit` of them)."""
+    marks = await high_watermarks(bootstrap, topic, partitions)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list = []
+        pending = {tp for tp in tps if marks[tp.partition] > 0}
+        while pending and (limit is None or len(out) < limit):
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                out.extend(records)
+            for tp in list(pending):
+                if await consumer.position(tp) >= marks[tp.partition]:
+                    pending.discard(tp)
+        return out if limit is None else out[:limit]
     finally:
         await consumer.stop()
 

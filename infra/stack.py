@@ -8,6 +8,7 @@ the other commands find the running stack. Owns process lifecycles, nothing abou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,10 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+import psycopg
+
 from aidcore.settings import ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
 from infra import embedded, kafka
 from projections.migrate import migrate
+from projections.queries import progress
 from schemas.topics import declared_topics
+from streams.app import group_id
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,51 @@ def token_key(stack: StackSettings, home: Path) -> bytes:
     if len(key) < 16:
         raise StackError("the NIK token key must be at least 16 bytes (32 hex characters)")
     return key
+
+
+def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
+    """Everything `wait` needs: what is still behind, per stage. Empty lists mean caught up."""
+    topics = declared_topics(stack)
+    ledger = topics["ledger"].name
+    with psycopg.connect(dsn) as conn:
+        prog = progress(conn)
+    behind = {"relay": [], "worker": [], "projector": []}
+    if prog["relay_seq"] < prog["outbox_max_seq"]:
+        behind["relay"].append(f"outbox {prog['outbox_max_seq'] - prog['relay_seq']} records unpublished")
+    produced = {p: o for (t, p), o in prog["relay_offsets"].items() if t == ledger}
+    committed = kafka.committed_offsets(bootstrap, group_id(stack), ledger)
+    for p, end in sorted(produced.items()):
+        if committed.get(p, 0) < end:
+            behind["worker"].append(f"{ledger}[{p}] {end - committed.get(p, 0)} behind")
+        if prog["tracking"].get((ledger, p), 0) < end:
+            behind["projector"].append(f"{ledger}[{p}] {end - prog['tracking'].get((ledger, p), 0)} behind")
+    for role in ("alerts", "deadletter"):
+        spec = topics[role]
+        marks = asyncio.run(kafka.high_watermarks(bootstrap, spec.name, spec.partitions))
+        for p, end in marks.items():
+            done = prog["tracking"].get((spec.name, p), 0)
+            if done < end:
+                behind["projector"].append(f"{spec.name}[{p}] {end - done} behind")
+    return behind
+
+
+PORT_VARIABLES = (
+    "AIDLEDGER_BROKER_PORT",
+    "AIDLEDGER_POSTGRES_PORT",
+    "AIDLEDGER_WORKER_METRICS_PORT",
+    "AIDLEDGER_PROJECTOR_METRICS_PORT",
+    "AIDLEDGER_RELAY_METRICS_PORT",
+)
+
+
+def free_port_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `environ` where every port the stack listens on and that is not set is a free
+    loopback port, so a throwaway stack (demo, bench, tests) never collides with a running one."""
+    env = dict(environ)
+    for var in PORT_VARIABLES:
+        if not env.get(var):
+            env[var] = str(embedded.free_port())
+    return env
 
 
 def load_endpoints(home: Path) -> dict | None:
@@ -233,6 +283,19 @@ class Stack:
             if server is not None and not server.alive():
                 raise StackError(f"the embedded {name} stopped; see {server.log_path}")
         return restarted
+
+    def wait_caught_up(self, timeout_s: float, poll_s: float = 0.2) -> float:
+        """Supervise until everything ingested is processed and projected; returns the seconds
+        waited, or raises StackError naming what is still behind."""
+        started = time.monotonic()
+        while True:
+            behind = lag_report(self.bootstrap, self.database_url, self.stack)
+            if not any(behind.values()):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise StackError(f"not caught up after {timeout_s:.0f}s: {behind}")
+            self.check_children()
+            time.sleep(poll_s)
 
     def run_until_stopped(self, poll_s: float = 0.5) -> None:
         stopping = []

@@ -7,28 +7,20 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from infra.embedded import free_port
-from infra.stack import Stack
+from infra.stack import Stack, free_port_environ
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def stack_environ(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIDLEDGER_")}
-    env.update(
-        AIDLEDGER_HOME=str(home),
-        AIDLEDGER_BROKER_PORT=str(free_port()),
-        AIDLEDGER_POSTGRES_PORT=str(free_port()),
-        AIDLEDGER_WORKER_METRICS_PORT=str(free_port()),
-        AIDLEDGER_PROJECTOR_METRICS_PORT=str(free_port()),
-        AIDLEDGER_RELAY_METRICS_PORT=str(free_port()),
-        AIDLEDGER_PARTITIONS="4",
-    )
-    return env
+    env.update(AIDLEDGER_HOME=str(home), AIDLEDGER_PARTITIONS="4")
+    return free_port_environ(env)
 
 
 @pytest.fixture(scope="module")
@@ -78,29 +70,22 @@ def read_topic(bootstrap: str, topic: str, partitions: int) -> list:
     """Every record of a topic, read to the true high watermark of each partition."""
     import asyncio
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from infra.kafka import read_topic as read
 
-    from infra.kafka import high_watermarks
+    return asyncio.run(read(bootstrap, topic, partitions))
 
-    async def main():
-        marks = await high_watermarks(bootstrap, topic, partitions)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            out = []
-            pending = {tp for tp in tps if marks[tp.partition] > 0}
-            while pending:
-                batch = await consumer.getmany(timeout_ms=500)
-                for tp, records in batch.items():
-                    out.extend(records)
-                for tp in list(pending):
-                    if await consumer.position(tp) >= marks[tp.partition]:
-                        pending.discard(tp)
-            return out
-        finally:
-            await consumer.stop()
 
-    return asyncio.run(main())
+def changelog_state(stack: Stack) -> tuple[Counter, dict[tuple[str, str, str], tuple[int, int]]]:
+    """The ledger workers' state as their changelog holds it: how often each idempotency key
+    appears, and (amount_idr_total, payments) per person, programme and period."""
+    from schemas import codec
+
+    keys: Counter = Counter()
+    totals: dict[tuple[str, str, str], list[int]] = {}
+    for record in read_topic(stack.bootstrap, stack.endpoints()["topics"]["state"], stack.stack.partitions):
+        for d in codec.decode_disbursements(codec.codec(codec.STATE_DELTA).decode(record.value)["events"]):
+            keys[(d.person_token, d.source_system, d.source_ref)] += 1
+            t = totals.setdefault((d.person_token, d.programme_code, d.period), [0, 0])
+            t[0] += d.amount_idr
+            t[1] += 1
+    return keys, {k: (a, n) for k, (a, n) in totals.items()}

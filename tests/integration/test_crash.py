@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections import Counter
 
 import psycopg
 import pytest
-from conftest import REPO, read_topic, wait_until
+from conftest import REPO, changelog_state, wait_until
 
 from aidcore.ledger import RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION
-from aidledger.cli import lag_report
 from aidledger.demo import answer_key_check
 from connectors import synthetic
 from infra import kafka
 from infra.stack import token_key
-from schemas import codec
 from streams.app import group_id
 
 pytestmark = pytest.mark.integration
@@ -51,8 +48,7 @@ def test_kill_worker_mid_stream_counts_every_event_once(stack, tmp_path):
                    "the supervisor to restart the worker", on_poll=stack.check_children)
     out, err = ingest.communicate(timeout=300)
     assert ingest.returncode == 0, err
-    wait_until(lambda: not any(lag_report(stack.bootstrap, stack.database_url, stack.stack).values()), 300,
-               "the stack to catch up", poll_s=0.5, on_poll=stack.check_children)
+    stack.wait_caught_up(300, poll_s=0.5)
     assert worker.restarts >= KILLS
     # the restarted worker rebuilt non-empty state from its changelog before deciding again
     log_text = (stack.home / "logs" / "worker-0.log").read_text()
@@ -75,18 +71,10 @@ def test_kill_worker_mid_stream_counts_every_event_once(stack, tmp_path):
     assert accepted == accepted_total - modified
 
     # The worker's own state, as its changelog holds it: every idempotency key exactly once.
-    deltas = read_topic(stack.bootstrap, stack.endpoints()["topics"]["state"], stack.stack.partitions)
-    keys = Counter()
-    stream_totals: dict[tuple[str, str, str], list[int]] = {}
-    for record in deltas:
-        for d in codec.decode_disbursements(codec.codec(codec.STATE_DELTA).decode(record.value)["events"]):
-            keys[(d.person_token, d.source_system, d.source_ref)] += 1
-            t = stream_totals.setdefault((d.person_token, d.programme_code, d.period), [0, 0])
-            t[0] += d.amount_idr
-            t[1] += 1
+    keys, stream_totals = changelog_state(stack)
     assert max(keys.values()) == 1
     assert len(keys) == accepted
-    assert {k: tuple(v) for k, v in stream_totals.items()} == projected
+    assert stream_totals == projected
 
     alerts_json = subprocess.run([sys.executable, "-m", "aidledger.cli", "alerts", "--json"], env=env, cwd=REPO,
                                  capture_output=True, text=True, check=True).stdout

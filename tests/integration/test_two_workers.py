@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections import Counter
 
 import psycopg
 import pytest
-from conftest import Cli, read_topic, stack_environ, wait_until
+from conftest import Cli, changelog_state, stack_environ, wait_until
 
 from aidcore.ledger import RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION
-from aidledger.cli import lag_report
 from aidledger.demo import answer_key_check
 from connectors import synthetic
 from infra.stack import Stack, token_key
-from schemas import codec
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +29,6 @@ def _gauge(url: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
-
-
-def _caught_up(stack: Stack) -> bool:
-    return not any(lag_report(stack.bootstrap, stack.database_url, stack.stack).values())
 
 
 def test_two_workers_split_the_partitions_and_count_every_event_once(tmp_path):
@@ -86,7 +79,7 @@ def test_two_workers_split_the_partitions_and_count_every_event_once(tmp_path):
         path2 = tmp_path / "second.jsonl"
         synthetic.write_jsonl(path2, records + first.records)
         cli.run("ingest", str(path2))
-        wait_until(lambda: _caught_up(stack), 180, "the stack to catch up", poll_s=0.5)
+        stack.wait_caught_up(180, poll_s=0.5)
 
         exists = 0.0
         with urllib.request.urlopen(metrics["worker-0"], timeout=5) as response:
@@ -102,16 +95,9 @@ def test_two_workers_split_the_partitions_and_count_every_event_once(tmp_path):
             projected = {(t, p, per): (a, n) for t, p, per, a, n in conn.execute(
                 "SELECT person_token, programme_code, period, amount_idr_total, payments FROM ledger.person_totals")}
         assert events == outbox
-        keys = Counter()
-        stream_totals: dict = {}
-        for record in read_topic(stack.bootstrap, stack.endpoints()["topics"]["state"], stack.stack.partitions):
-            for d in codec.decode_disbursements(codec.codec(codec.STATE_DELTA).decode(record.value)["events"]):
-                keys[(d.person_token, d.source_system, d.source_ref)] += 1
-                t = stream_totals.setdefault((d.person_token, d.programme_code, d.period), [0, 0])
-                t[0] += d.amount_idr
-                t[1] += 1
+        keys, stream_totals = changelog_state(stack)
         assert max(keys.values()) == 1
-        assert {k: tuple(v) for k, v in stream_totals.items()} == projected
+        assert stream_totals == projected
 
         alerts = json.loads(cli.run("alerts", "--json").stdout)["alerts"]
         key = token_key(stack.stack, stack.home)
