@@ -30,30 +30,16 @@ from aidcore.ledger import RULE_DUPLICATE_PERSON
 from aidcore.reference import default_reference
 from connectors import synthetic
 from connectors.intake import ingest_rows
-from infra import embedded
-from infra.kafka import high_watermarks
-from infra.stack import Stack, token_key
+from infra.kafka import high_watermarks, read_topic
+from infra.stack import Stack, free_port_environ, token_key
 from schemas import codec
 from schemas.topics import declared_topics
 
 
 def _environ() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIDLEDGER_")}
-    for var in ("AIDLEDGER_BROKER_PORT", "AIDLEDGER_POSTGRES_PORT", "AIDLEDGER_PROJECTOR_METRICS_PORT",
-                "AIDLEDGER_RELAY_METRICS_PORT", "AIDLEDGER_WORKER_METRICS_PORT"):
-        env[var] = str(embedded.free_port())
-    return env
-
-
-def _caught_up(stack: Stack, timeout_s: float) -> None:
-    from aidledger.cli import lag_report
-
-    deadline = time.monotonic() + timeout_s
-    while any(lag_report(stack.bootstrap, stack.database_url, stack.stack).values()):
-        if time.monotonic() > deadline:
-            raise RuntimeError("bench: the stack did not catch up in time")
-        stack.check_children()
-        time.sleep(0.1)
+    """The machine's environment without any AIDLEDGER_ setting, on free ports: a bench stack is
+    always the default configuration."""
+    return free_port_environ({k: v for k, v in os.environ.items() if not k.startswith("AIDLEDGER_")})
 
 
 async def raw_ceiling(bootstrap: str, topic: str, partitions: int) -> dict:
@@ -79,35 +65,16 @@ async def raw_ceiling(bootstrap: str, topic: str, partitions: int) -> dict:
     return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed}
 
 
-async def _read_records(bootstrap: str, topic: str, partitions: int, limit: int) -> list:
-    from projections.writer import Record
-
-    marks = await high_watermarks(bootstrap, topic, partitions)
-    total = min(limit, sum(marks.values()))
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    await consumer.start()
-    out = []
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        while len(out) < total:
-            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            for records in batch.values():
-                out.extend(Record(r.topic, r.partition, r.offset, r.key, r.value, ()) for r in records)
-    finally:
-        await consumer.stop()
-    return out[:total]
-
-
 def projection_write_rate(stack: Stack, topics: dict, limit: int = 200_000, batch: int = 20_000) -> dict:
     """The projector's write path alone (decode, idempotency, COPY, totals, tracking) into a
     fresh database, in its production batch size."""
     from projections.migrate import migrate
     from projections.writer import prepare, write_batch
 
-    records = asyncio.run(_read_records(stack.bootstrap, topics["ledger"].name, topics["ledger"].partitions, limit))
+    from projections.writer import Record
+
+    records = [Record(r.topic, r.partition, r.offset, r.key, r.value, ())
+               for r in asyncio.run(read_topic(stack.bootstrap, topics["ledger"].name, topics["ledger"].partitions, limit))]
     admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS bench_projection")
@@ -129,6 +96,20 @@ def projection_write_rate(stack: Stack, topics: dict, limit: int = 200_000, batc
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
 
 
+def _worker_ready(stack: Stack, timeout_s: float = 60.0) -> None:
+    """Start timing only once the worker owns its partitions: group join is start-up, not
+    throughput."""
+    from aidledger.bench_stage import counter_total
+
+    url = stack.endpoints()["metrics"]["worker-0"]
+    deadline = time.monotonic() + timeout_s
+    while counter_total(url, "aidledger_worker_assigned_partitions") < stack.stack.partitions:
+        if time.monotonic() > deadline:
+            raise RuntimeError("bench: the worker did not join its consumer group in time")
+        stack.check_children()
+        time.sleep(0.1)
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -142,7 +123,7 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
         stack = Stack(home, _environ())
         stack.start()
         try:
-            _caught_up(stack, 60)  # worker joined and idle
+            _worker_ready(stack)
             key = token_key(stack.stack, home)
             topics = declared_topics(stack.stack)
             dataset = synthetic.generate(records, seed=seed)
@@ -152,7 +133,7 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
                 report = ingest_rows(conn, iter(rows), source_name="bench", ledger_topic=topics["ledger"].name,
                                      alerts_topic=topics["alerts"].name, token_key=key, reference=default_reference())
                 ingest_s = time.perf_counter() - t0
-                _caught_up(stack, 1800)
+                stack.wait_caught_up(1800, poll_s=0.1)
                 e2e_s = time.perf_counter() - t0
                 ceiling = asyncio.run(raw_ceiling(stack.bootstrap, topics["ledger"].name, topics["ledger"].partitions))
 
@@ -173,7 +154,7 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
                 ingest_rows(conn, paced_rows(), source_name="bench-paced", ledger_topic=topics["ledger"].name,
                             alerts_topic=topics["alerts"].name, token_key=key, reference=default_reference(),
                             chunk_rows=chunk)
-                _caught_up(stack, 600)
+                stack.wait_caught_up(600, poll_s=0.1)
                 projection = projection_write_rate(stack, topics)
                 latencies = [r[0] for r in conn.execute(
                     "SELECT latency_ms FROM ledger.alerts WHERE first_raised_at >= %s AND rule_id = %s",
