@@ -33,6 +33,10 @@ ALERT_LATENCY = Histogram(
     "aidledger_ingest_to_alert_seconds", "From intake of the triggering event to the alert being raised",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+UNDECODABLE = Counter(
+    "aidledger_projector_undecodable_total", "Records the projector could not decode and skipped, by topic role",
+    ["role"],
+)
 PROJECTOR_NAME = "main"
 
 
@@ -71,6 +75,8 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
                 ROWS.labels("event").inc(stats.events_new)
                 ROWS.labels("alert").inc(stats.alerts)
                 ROWS.labels("deadletter").inc(stats.deadletters)
+                UNDECODABLE.labels("ledger").inc(stats.events_undecodable)
+                UNDECODABLE.labels("alerts").inc(stats.alerts_undecodable)
                 for ms in stats.alert_latencies_ms:
                     ALERT_LATENCY.observe(ms / 1000.0)
             for tp in tps:

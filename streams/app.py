@@ -44,7 +44,7 @@ def _now_us() -> int:
 class LedgerProcessor:
     """Decode, decide, persist one batch of ledger records."""
 
-    def __init__(self, app: faust.App, stack: StackSettings, worker: WorkerSettings, reference: Reference):
+    def __init__(self, app: faust.App, stack: StackSettings, reference: Reference):
         topics = declared_topics(stack)
         self.app = app
         self.ledger_topic = topics["ledger"].name
@@ -185,7 +185,7 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
         web_enabled=False,
     )
     app.fetch_max_wait_ms = stack.fetch_max_wait_ms
-    processor = LedgerProcessor(app, stack, worker, reference or default_reference())
+    processor = LedgerProcessor(app, stack, reference or default_reference())
     app.batch_handler = processor.process_batch
     # Subscribed through the conductor, consumed by the batch consumer (streams.transport): no
     # agent, because Faust's per-event path is what this worker exists to avoid.
