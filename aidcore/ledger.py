@@ -40,6 +40,12 @@ class Payment(NamedTuple):
     digests: bytes  # `aidcore.intake.field_digests` of the content
     disbursed_at_us: int
     source_type: str
+    household: bytes = b""  # the 16 bytes of the KK token the payment named, empty when none
+    original_key: int = 0  # for a reversal: the idempotency key of the payment it reverses; else 0
+
+    @property
+    def is_reversal(self) -> bool:
+        return self.original_key != 0
 
 
 PersonState = Mapping[int, Payment]
@@ -147,6 +153,7 @@ def payment_of(event: Disbursement, digests: bytes) -> Payment:
         digests,
         event.disbursed_at_us,
         intern(event.source_type),
+        bytes.fromhex(event.kk_token) if event.kk_token else b"",
     )
 
 

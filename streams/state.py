@@ -34,13 +34,15 @@ from streams import metrics
 
 log = logging.getLogger(__name__)
 
-# A person's payments packed into one bytes record, 66 bytes each: key hash, event id, slot
-# (programme, period, source type) index, amount, time, field digests. A Python object per
+# A person's payments packed into one bytes record, 90 bytes each: key hash, event id, slot
+# (programme, period, source type) index, amount, time, field digests, household (KK token
+# bytes, zeros when none), original key (of the payment a reversal reverses, 0 for a payment). A Python object per
 # payment cost ~620 bytes; packed, a person costs one dict entry and one bytes object.
-_PAYMENT = struct.Struct(">Q16sHqq24s")
+_PAYMENT = struct.Struct(">Q16sHqq24s16sQ")
 _SLOTS: dict[tuple[str, str, str], int] = {}
 _SLOT_VALUES: list[tuple[str, str, str]] = []
 
+_NO_HOUSEHOLD = bytes(16)
 PartitionState = dict[bytes, bytes]  # 16-byte person token -> packed payments
 
 
@@ -59,16 +61,18 @@ def pack(person: Mapping[int, Payment]) -> bytes:
     out = bytearray()
     for key, p in person.items():
         out += _PAYMENT.pack(key, p.event_id, _slot(p.programme_code, p.period, p.source_type), p.amount_idr,
-                             p.disbursed_at_us, p.digests)
+                             p.disbursed_at_us, p.digests, p.household, p.original_key)
     return bytes(out)
 
 
 def unpack(blob: bytes) -> dict[int, Payment]:
     person = {}
     values = _SLOT_VALUES
-    for key, event_id, slot, amount, at_us, digests in _PAYMENT.iter_unpack(blob):
+    for key, event_id, slot, amount, at_us, digests, household, original in _PAYMENT.iter_unpack(blob):
         programme, period, source_type = values[slot]
-        person[key] = Payment(event_id, programme, period, amount, digests, at_us, source_type)
+        if household == _NO_HOUSEHOLD:
+            household = b""
+        person[key] = Payment(event_id, programme, period, amount, digests, at_us, source_type, household, original)
     return person
 
 
