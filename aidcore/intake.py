@@ -37,8 +37,26 @@ INPUT_FIELDS: tuple[str, ...] = (
     "region_code",
     "funding_account",
 )
-_INPUT_FIELD_SET = frozenset(INPUT_FIELDS)
-_DIGESTS_FORMAT = ">12H"
+_INPUT_FIELD_SET = frozenset(INPUT_FIELDS) | {"record_type"}
+
+# A reversal's input record (record_type = "reversal"): it names the original by its source
+# reference (original_source_system defaults to source_system) and the person, so it reaches the
+# original's partition even before the original does.
+REVERSAL_FIELDS: tuple[str, ...] = (
+    "record_type",
+    "source_system",
+    "source_ref",
+    "original_source_system",
+    "original_source_ref",
+    "agency_code",
+    "nik",
+    "provisional_id",
+    "amount_idr",
+    "reason",
+    "reversed_at",
+)
+_REVERSAL_FIELD_SET = frozenset(REVERSAL_FIELDS)
+MAX_REASON_CHARS = 500
 MAX_REF_CHARS = 128
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -93,6 +111,43 @@ class Disbursement:
 
 
 @dataclass(frozen=True, slots=True)
+class Reversal:
+    """A correction: takes back `amount_idr` of the payment recorded under (original_source_system,
+    original_source_ref). It names the person too, so it reaches the partition of the original
+    even when the original has not arrived yet (it then waits for it, for a bounded time)."""
+
+    event_id: str
+    source_system: str
+    source_ref: str
+    original_source_system: str
+    original_source_ref: str
+    agency_code: str
+    person_token: str
+    identity_kind: str
+    amount_idr: int
+    reason: str
+    reversed_at_us: int
+    reversed_at_offset_min: int
+    recorded_at_us: int
+    field_digests: bytes = b""
+
+    def digests(self) -> bytes:
+        return self.field_digests or field_digests(self.content_values())
+
+    def content_values(self) -> tuple[str, ...]:
+        """In `aidcore.outcomes.REVERSAL_CONTENT_FIELDS` order."""
+        return (
+            self.person_token,
+            self.original_source_system,
+            self.original_source_ref,
+            str(self.amount_idr),
+            self.reason,
+            f"{self.reversed_at_us}{self.reversed_at_offset_min:+d}",
+            self.agency_code,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """What only the identity vault may hold."""
 
@@ -117,6 +172,11 @@ class Accepted:
     identity: Identity
 
 
+@dataclass(frozen=True, slots=True)
+class AcceptedReversal:
+    reversal: Reversal
+
+
 def content_digest(values: tuple[str, ...]) -> bytes:
     h = hashlib.sha256()
     for v in values:
@@ -125,10 +185,15 @@ def content_digest(values: tuple[str, ...]) -> bytes:
     return h.digest()
 
 
+DIGESTS_BYTES = 24
+
+
 def field_digests(values: tuple[str, ...]) -> bytes:
-    """Two bytes per content field (the low half of its CRC-32): enough to name which field of a
-    resubmission changed. Equality of content is decided by the event id, never by these."""
-    return struct.pack(_DIGESTS_FORMAT, *[crc32(v.encode("utf-8")) & 0xFFFF for v in values])
+    """Two bytes per content field (the low half of its CRC-32), zero-padded to DIGESTS_BYTES:
+    enough to name which field of a resubmission changed. Equality of content is decided by the
+    event id, never by these."""
+    packed = struct.pack(f">{len(values)}H", *[crc32(v.encode("utf-8")) & 0xFFFF for v in values])
+    return packed.ljust(DIGESTS_BYTES, b"\0")
 
 
 def make_event_id(source_system: str, source_ref: str, digest: bytes) -> str:
@@ -207,12 +272,111 @@ def period_ok(period: str) -> bool:
     return 2000 <= int(year) <= 2100 and 1 <= int(month) <= 12
 
 
+def validate_any(raw: Any, *, reference: Reference, token_key: bytes, now_us: int) -> Accepted | AcceptedReversal | Rejection:
+    """A disbursement, or a reversal when record_type says so."""
+    if isinstance(raw, Mapping):
+        record_type = _text(raw, "record_type") or "disbursement"
+        if record_type == "reversal":
+            return validate_reversal(raw, reference=reference, token_key=token_key, now_us=now_us)
+        if record_type != "disbursement":
+            return _reject("record_type_unknown", "record_type", "record_type must be disbursement or reversal")
+    return validate_record(raw, reference=reference, token_key=token_key, now_us=now_us)
+
+
+def _identity(raw: Mapping[str, Any], token_key: bytes) -> tuple[str, str, str, str] | Rejection:
+    """(token, identity kind, nik, provisional id) or the rejection."""
+    nik = nikmod.normalize(_text(raw, "nik"))
+    provisional_id = _text(raw, "provisional_id")
+    if not nik and not provisional_id:
+        return _reject("identity_required", "nik", "a NIK or a provisional_id is required")
+    if nik:
+        problem = nikmod.nik_problem(nik)
+        if problem:
+            return _reject(problem, "nik", _NIK_MESSAGES[problem])
+        return nikmod.person_token(token_key, nik), "NIK", nik, ""
+    problem = nikmod.provisional_problem(provisional_id)
+    if problem:
+        return _reject(problem, "provisional_id", "provisional_id must be 4-64 printable ASCII characters")
+    return nikmod.provisional_token(token_key, provisional_id), "PROVISIONAL", "", provisional_id
+
+
+def _moment(raw: Mapping[str, Any], name: str, now_us: int, reference: Reference) -> tuple[int, int] | Rejection:
+    """(UTC microseconds, offset minutes) of an ISO 8601 field with offset, not in the future."""
+    try:
+        moment = datetime.fromisoformat(_text(raw, name))
+    except ValueError:
+        return _reject(f"{name}_invalid", name, f"{name} must be an ISO 8601 timestamp")
+    offset = moment.utcoffset()
+    if offset is None:
+        return _reject(f"{name}_needs_offset", name, f"{name} must carry a UTC offset, e.g. +07:00")
+    us = to_us(moment)
+    if us > now_us + reference.future_tolerance_s * 1_000_000:
+        return _reject(f"{name}_in_future", name, f"{name} lies in the future")
+    return us, int(offset.total_seconds() // 60)
+
+
+def validate_reversal(raw: Mapping[str, Any], *, reference: Reference, token_key: bytes,
+                      now_us: int) -> AcceptedReversal | Rejection:
+    """A reversal's intake decision; checks in `aidcore.outcomes.REVERSAL_INTAKE_CODES` order."""
+    for name in raw:
+        if name not in _REVERSAL_FIELD_SET:
+            return _reject("field_unknown", str(name), f"unknown field {str(name)[:40]!r} for a reversal")
+    source_system = _text(raw, "source_system")
+    source_ref = _text(raw, "source_ref")
+    if not source_system:
+        return _reject("source_system_required", "source_system", "source_system is required")
+    if not source_ref:
+        return _reject("source_ref_required", "source_ref", "source_ref is required")
+    if len(source_system) > MAX_REF_CHARS:
+        return _reject("source_system_too_long", "source_system", f"at most {MAX_REF_CHARS} characters")
+    if len(source_ref) > MAX_REF_CHARS:
+        return _reject("source_ref_too_long", "source_ref", f"at most {MAX_REF_CHARS} characters")
+    original_system = _text(raw, "original_source_system") or source_system
+    original_ref = _text(raw, "original_source_ref")
+    if not original_ref:
+        return _reject("original_source_ref_required", "original_source_ref", "a reversal must name the original's source_ref")
+    if len(original_system) > MAX_REF_CHARS or len(original_ref) > MAX_REF_CHARS:
+        return _reject("original_source_ref_too_long", "original_source_ref", f"at most {MAX_REF_CHARS} characters")
+    if (original_system, original_ref) == (source_system, source_ref):
+        return _reject("reversal_names_itself", "original_source_ref", "a reversal cannot reverse itself")
+    agency_code = _text(raw, "agency_code")
+    if not agency_code:
+        return _reject("agency_code_required", "agency_code", "agency_code is required")
+    who = _identity(raw, token_key)
+    if isinstance(who, Rejection):
+        return who
+    token, identity_kind, _, _ = who
+    amount = parse_amount(raw.get("amount_idr"))
+    if isinstance(amount, str):
+        return _reject(amount, "amount_idr", _AMOUNT_MESSAGES[amount])
+    if amount > reference.max_amount_idr:
+        return _reject("amount_idr_too_large", "amount_idr", f"more than Rp {reference.max_amount_idr:,} in one reversal")
+    reason = _text(raw, "reason")
+    if not reason:
+        return _reject("reason_required", "reason", "a reversal must say why")
+    if len(reason) > MAX_REASON_CHARS:
+        return _reject("reason_too_long", "reason", f"at most {MAX_REASON_CHARS} characters")
+    when = _moment(raw, "reversed_at", now_us, reference)
+    if isinstance(when, Rejection):
+        return when
+    reversed_at_us, offset_min = when
+    partial = Reversal("", source_system, source_ref, original_system, original_ref, agency_code, token, identity_kind,
+                       amount, reason, reversed_at_us, offset_min, now_us)
+    values = partial.content_values()
+    event_id = make_event_id(source_system, source_ref, content_digest(("reversal", *values)))
+    return AcceptedReversal(Reversal(event_id, source_system, source_ref, original_system, original_ref, agency_code,
+                                     token, identity_kind, amount, reason, reversed_at_us, offset_min, now_us,
+                                     field_digests(values)))
+
+
 def validate_record(
     raw: Any, *, reference: Reference, token_key: bytes, now_us: int
 ) -> Accepted | Rejection:
     """The whole intake decision for one record. Pure: key, reference data and time come in."""
     if not isinstance(raw, Mapping):
         return _reject("record_must_be_an_object", None, "each record must be an object with the input-record fields")
+    if _text(raw, "record_type") not in ("", "disbursement"):
+        return validate_any(raw, reference=reference, token_key=token_key, now_us=now_us)  # type: ignore[return-value]
     for name in raw:
         if name not in _INPUT_FIELD_SET:
             return _reject("field_unknown", str(name), f"unknown field {str(name)[:40]!r}")

@@ -19,13 +19,16 @@ from sys import intern
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Sequence
 
-from aidcore import outcomes
-from aidcore.intake import Disbursement
+from aidcore import explain, outcomes
+from aidcore import rulebook as rb
+from aidcore.intake import Disbursement, Reversal
 from aidcore.reference import Reference
-from aidcore.rupiah import local_time, rupiah
+from aidcore.rules import Case, Entry, person_cases
+from aidcore.rupiah import rupiah
 
-RULE_DUPLICATE_PERSON = "duplicate_person_programme_period"
-RULE_MODIFIED_RESUBMISSION = "modified_resubmission"
+from aidcore.rulebook import DUPLICATE_PERSON as RULE_DUPLICATE_PERSON  # noqa: F401 - the names callers use
+from aidcore.rulebook import MODIFIED_RESUBMISSION as RULE_MODIFIED_RESUBMISSION  # noqa: F401
+from aidcore.rulebook import Rulebook  # noqa: F401
 
 
 class Payment(NamedTuple):
@@ -66,18 +69,15 @@ def event_id_text(raw: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Rulebook:
-    version: str = "builtin-1"
-    enabled: frozenset[str] = frozenset({RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION})
-
-
-@dataclass(frozen=True, slots=True)
 class AlertLine:
     event_id: str
-    source_system: str
+    source_system: str  # empty when the stream knows the event by id only (the projection fills it)
     source_ref: str
-    amount_idr: int
+    amount_idr: int  # net of reversals known when the alert was raised
     disbursed_at_us: int
+    programme_code: str = ""
+    person_token: str = ""  # which member, for a household case
+    source_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +102,8 @@ class Alert:
     raised_at_us: int
     trigger_event_id: str
     trigger_recorded_at_us: int
+    status: str = "open"  # "open" | "void_reversed" (held only because of a payment since reversed)
+    threshold: int = 0  # the rulebook's limit the case broke (cap in rupiah, max programmes), if any
 
 
 @dataclass(slots=True)
@@ -109,6 +111,7 @@ class BatchResult:
     changed: dict[str, dict[str, Payment]] = field(default_factory=dict)
     outcomes: list[str] = field(default_factory=list)  # one per input event, same order
     alerts: dict[str, Alert] = field(default_factory=dict)  # by alert_id, latest revision wins
+    postings: list["Posting"] = field(default_factory=list)  # for the household stage, in decision order
 
 
 def alert_id(rule_id: str, subject_token: str, period: str, fingerprint: str) -> str:
@@ -116,12 +119,12 @@ def alert_id(rule_id: str, subject_token: str, period: str, fingerprint: str) ->
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
-def first_difference(old: bytes, new: bytes) -> str:
+def first_difference(old: bytes, new: bytes, fields: Sequence[str] = outcomes.CONTENT_FIELDS) -> str:
     """The first content field whose 2-byte digest differs, as exists_with_different_<field>;
     `exists` when none does. Only meaningful once the event ids are known to differ."""
     if old == new:
         return outcomes.EXISTS
-    for i, name in enumerate(outcomes.CONTENT_FIELDS):
+    for i, name in enumerate(fields):
         a = old[i * 2 : i * 2 + 2]
         b = new[i * 2 : i * 2 + 2]
         if a != b:
@@ -129,8 +132,8 @@ def first_difference(old: bytes, new: bytes) -> str:
     return "exists_with_different_content"
 
 
-def resubmission_outcome(original_event_id: str | bytes, original_digests: bytes, event: Disbursement,
-                         digests: bytes | None = None) -> str:
+def resubmission_outcome(original_event_id: str | bytes, original_digests: bytes, event: Disbursement | Reversal,
+                         digests: bytes | None = None, original_is_reversal: bool = False) -> str:
     """The outcome for an idempotency key seen before. The event id is a SHA-256 digest of the
     whole content, so equal ids mean a true redelivery; the short per-field digests only name
     the field that differs (and can collide, hence `exists_with_different_content`)."""
@@ -138,7 +141,11 @@ def resubmission_outcome(original_event_id: str | bytes, original_digests: bytes
         original_event_id = event_id_text(original_event_id)
     if original_event_id == event.event_id:
         return outcomes.EXISTS
-    outcome = first_difference(original_digests, digests if digests is not None else event.digests())
+    is_reversal = isinstance(event, Reversal)
+    if is_reversal != original_is_reversal:
+        return "exists_with_different_record_type"
+    fields = outcomes.REVERSAL_CONTENT_FIELDS if is_reversal else outcomes.CONTENT_FIELDS
+    outcome = first_difference(original_digests, digests if digests is not None else event.digests(), fields)
     return "exists_with_different_content" if outcome == outcomes.EXISTS else outcome
 
 
@@ -157,19 +164,105 @@ def payment_of(event: Disbursement, digests: bytes) -> Payment:
     )
 
 
-def totals(state: PersonState) -> dict[tuple[str, str], tuple[int, int]]:
-    """(programme, period) -> (amount_idr_total, payments)."""
-    out: dict[tuple[str, str], tuple[int, int]] = {}
+def reversal_entry(event: Reversal, digests: bytes, original: Payment | None) -> Payment:
+    """A reversal as an entry of the person state. It takes the programme and period of its
+    original when that is known; a pending one has none (it is matched by key, not by period)."""
+    return Payment(
+        event_id_bytes(event.event_id),
+        original.programme_code if original is not None else "",
+        original.period if original is not None else "",
+        event.amount_idr,
+        digests,
+        event.reversed_at_us,
+        original.source_type if original is not None else "",
+        b"",
+        idem_key(event.original_source_system, event.original_source_ref),
+    )
+
+
+def reversed_amounts(state: PersonState) -> dict[int, int]:
+    """Original key -> rupiah reversed so far."""
+    out: dict[int, int] = {}
     for p in state.values():
+        if p.original_key:
+            out[p.original_key] = out.get(p.original_key, 0) + p.amount_idr
+    return out
+
+
+def totals(state: PersonState) -> dict[tuple[str, str], tuple[int, int]]:
+    """(programme, period) -> (amount_idr_total net of reversals, payments)."""
+    reversed_by = reversed_amounts(state)
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for key, p in state.items():
+        if p.original_key:
+            continue
         k = (p.programme_code, p.period)
         amount, count = out.get(k, (0, 0))
-        out[k] = (amount + p.amount_idr, count + 1)
+        out[k] = (amount + max(0, p.amount_idr - reversed_by.get(key, 0)), count + 1)
     return out
+
+
+def pending_reversals(state: PersonState) -> dict[int, Payment]:
+    """Reversal entries (by their own key) whose original is not in the state."""
+    return {k: p for k, p in state.items() if p.original_key and p.original_key not in state}
+
+
+class Posting(NamedTuple):
+    """What the person stage tells the household stage: one payment (net of reversals known so
+    far) or one reversal (a negative amount naming its original), for the household's partition."""
+
+    household: str  # KK token, or the person token when the payment named no KK
+    event_id: bytes
+    person: bytes
+    programme_code: str
+    period: str
+    amount_idr: int
+    source_type: str
+    disbursed_at_us: int
+    region_code: str
+    original_event_id: bytes  # b"" for a payment
+    recorded_at_us: int
+
+
+def _household_of(payment: Payment, person_token: str) -> str:
+    return payment.household.hex() if payment.household else person_token
+
+
+def live_entries(state: PersonState, period: str, reversed_by: dict[int, int] | None = None) -> list[Entry]:
+    """The rules' view of a person's period: payments net of reversals, fully reversed ones left out."""
+    if reversed_by is None:
+        reversed_by = reversed_amounts(state)
+    out = []
+    for key, p in state.items():
+        if p[2] is period and not p.original_key:  # interned: identity, the hot loop of the worker
+            net = p.amount_idr - reversed_by.get(key, 0) if reversed_by else p.amount_idr
+            if net > 0:
+                out.append(Entry(p.event_id, b"", p.programme_code, net, p.source_type, p.disbursed_at_us))
+    return out
+
+
+def reversals_in(state: PersonState, period: str) -> int:
+    """How many reversals apply to payments of the period (pending ones included once their
+    original is there), whatever the order they came in."""
+    n = 0
+    for p in state.values():
+        if p.original_key:
+            original = state.get(p.original_key)
+            if original is not None and original.period == period:
+                n += 1
+    return n
+
+
+def revision(case: Case, reversals: int) -> int:
+    """A case's revision: its lines plus twice the reversals of its period. A payment joining
+    adds one; a reversal adds two and removes at most one line; so it only grows, and the same
+    events give the same revision in any order."""
+    return len(case.entries) + 2 * reversals
 
 
 def decide_batch(
     states: Mapping[str, PersonState],
-    events: Sequence[Disbursement],
+    events: Sequence[Disbursement | Reversal],
     *,
     rulebook: Rulebook,
     reference: Reference,
@@ -186,107 +279,164 @@ def decide_batch(
         digests = event.digests()
         seen = state.get(key)
         if seen is not None:
-            outcome = resubmission_outcome(seen.event_id, seen.digests, event, digests)
+            outcome = resubmission_outcome(seen.event_id, seen.digests, event, digests, seen.is_reversal)
             result.outcomes.append(outcome)
-            if outcome != outcomes.EXISTS and RULE_MODIFIED_RESUBMISSION in rulebook.enabled:
+            if outcome != outcomes.EXISTS and rulebook.on(RULE_MODIFIED_RESUBMISSION):
                 alert = modified_resubmission_alert(event, seen, token, outcome, rulebook, reference, now_us)
                 result.alerts[alert.alert_id] = alert
             continue
-        state[key] = payment_of(event, digests)
+        if isinstance(event, Reversal):
+            _decide_reversal(event, key, digests, state, token, result, rulebook, reference, now_us)
+            continue
+        payment = payment_of(event, digests)
+        state[key] = payment
         changed[token] = state
         result.outcomes.append(outcomes.ACCEPTED)
-        if RULE_DUPLICATE_PERSON in rulebook.enabled:
-            alert = _duplicate_alert(event, state, rulebook, reference, now_us)
-            if alert is not None:
-                result.alerts[alert.alert_id] = alert
+        reversed_by = reversed_amounts(state) if len(state) > 1 else None
+        net = event.amount_idr - (reversed_by or {}).get(key, 0)
+        result.postings.append(Posting(
+            _household_of(payment, token), payment.event_id, bytes.fromhex(token), payment.programme_code,
+            payment.period, max(0, net), payment.source_type, payment.disbursed_at_us, event.region_code, b"",
+            event.recorded_at_us))
+        if len(state) > 1:
+            entries = live_entries(state, payment.period, reversed_by)
+            reversals = reversals_in(state, payment.period) if reversed_by else 0
+            for case in person_cases(entries, rulebook):
+                if any(e.event_id == payment.event_id for e in case.entries):
+                    alert = case_alert(case, "PERSON", token, payment.period, event.region_code, rulebook, reference,
+                                       event.event_id, event.recorded_at_us, now_us, revision(case, reversals),
+                                       {payment.event_id: (event.source_system, event.source_ref)})
+                    result.alerts[alert.alert_id] = alert
     return result
 
 
-def _lines(state: PersonState, programme: str, period: str, trigger: Disbursement) -> list[AlertLine]:
-    """The case's payments, oldest first. Only the triggering event's own reference is known
-    here; the others are named by event id (`source_system`/`source_ref` empty)."""
-    lines = []
-    for p in state.values():
-        if p.programme_code == programme and p.period == period:
-            event_id = event_id_text(p.event_id)
-            if event_id == trigger.event_id:
-                lines.append(AlertLine(event_id, trigger.source_system, trigger.source_ref, p.amount_idr, p.disbursed_at_us))
-            else:
-                lines.append(AlertLine(event_id, "", "", p.amount_idr, p.disbursed_at_us))
-    lines.sort(key=lambda line: (line.disbursed_at_us, line.event_id))
-    return lines
+def _decide_reversal(event: Reversal, key: int, digests: bytes, state: dict, token: str, result: BatchResult,
+                     rulebook: Rulebook, reference: Reference, now_us: int) -> None:
+    original_key = idem_key(event.original_source_system, event.original_source_ref)
+    original = state.get(original_key)
+    if original is None:
+        state[key] = reversal_entry(event, digests, None)
+        result.changed[token] = state
+        result.outcomes.append(outcomes.REVERSAL_PENDING)
+        return
+    if original.is_reversal:
+        result.outcomes.append("reversal_of_a_reversal")
+        return
+    reversed_by = reversed_amounts(state)
+    if event.amount_idr > original.amount_idr - reversed_by.get(original_key, 0):
+        result.outcomes.append("reversal_exceeds_original")
+        return
+    before = {(c.rule_id, c.fingerprint): c for c in person_cases(live_entries(state, original.period, reversed_by),
+                                                                     rulebook)}
+    state[key] = reversal_entry(event, digests, original)
+    result.changed[token] = state
+    result.outcomes.append(outcomes.ACCEPTED)
+    result.postings.append(Posting(
+        _household_of(original, token), event_id_bytes(event.event_id), bytes.fromhex(token), original.programme_code,
+        original.period, -event.amount_idr, original.source_type, event.reversed_at_us, "", original.event_id,
+        event.recorded_at_us))
+    after = {(c.rule_id, c.fingerprint): c for c in person_cases(live_entries(state, original.period), rulebook)}
+    reversals = reversals_in(state, original.period)
+    for alert in case_changes(before, after, "PERSON", token, original.period, "", rulebook, reference,
+                              event.event_id, event.recorded_at_us, now_us, reversals):
+        result.alerts[alert.alert_id] = alert
+
+
+def case_changes(before: dict, after: dict, subject_kind: str, subject: str, period: str, region_code: str,
+                 rulebook: Rulebook, reference: Reference, trigger_event_id: str, trigger_recorded_at_us: int,
+                 now_us: int, reversals: int) -> list[Alert]:
+    """Alerts for what a reversal did to a subject's cases: changed ones updated, vanished ones
+    voided (they held only because of the reversed payment)."""
+    out = []
+    for ident, case in after.items():
+        if before.get(ident) != case:
+            out.append(case_alert(case, subject_kind, subject, period, region_code, rulebook, reference,
+                                  trigger_event_id, trigger_recorded_at_us, now_us, revision(case, reversals), {}))
+    for ident, case in before.items():
+        if ident not in after:
+            out.append(case_alert(case, subject_kind, subject, period, region_code, rulebook, reference,
+                                  trigger_event_id, trigger_recorded_at_us, now_us, revision(case, reversals), {},
+                                  status="void_reversed"))
+    return out
+
+
+def _threshold(rule_id: str, rulebook: Rulebook) -> int:
+    if rule_id == rb.STACKING_PERSON:
+        return rulebook.person_max_programmes
+    if rule_id == rb.STACKING_HOUSEHOLD:
+        return rulebook.household_max_programmes
+    if rule_id == rb.HOUSEHOLD_CAP:
+        return rulebook.household_cap_idr
+    return 0
+
+
+def case_alert(case: Case, subject_kind: str, subject: str, period: str, region_code: str, rulebook: Rulebook,
+               reference: Reference, trigger_event_id: str, trigger_recorded_at_us: int, now_us: int,
+               case_revision: int, refs: Mapping[bytes, tuple[str, str]], status: str = "open") -> Alert:
+    """A rule's case as an alert. Lines name events by id, with the source reference where the
+    caller knows it (`refs`); the projection fills in the rest from the archive."""
+    lines = tuple(
+        AlertLine(event_id_text(e.event_id), *refs.get(e.event_id, ("", "")), e.amount_idr, e.disbursed_at_us,
+                  e.programme_code, e.person.hex() if e.person else "", e.source_type)
+        for e in case.entries
+    )
+    threshold = _threshold(case.rule_id, rulebook)
+    return Alert(
+        alert_id=alert_id(case.rule_id, subject, period, case.fingerprint),
+        revision=case_revision,
+        rule_id=case.rule_id,
+        rulebook_version=rulebook.version,
+        outcome_code="void_reversed" if status != "open" else "duplicate" if "duplicate" in case.rule_id else case.rule_id,
+        subject_kind=subject_kind,
+        subject_token=subject,
+        programme_code=case.programme_code,
+        period=period,
+        region_code=region_code,
+        lines=lines,
+        amount_idr_at_stake=case.amount_idr_at_stake,
+        amount_idr_total=case.amount_idr_total,
+        message=explain.message(case.rule_id, subject_kind, region_code, case.programme_code, period, lines,
+                                case.amount_idr_at_stake, threshold, status, reference),
+        raised_at_us=now_us,
+        trigger_event_id=trigger_event_id,
+        trigger_recorded_at_us=trigger_recorded_at_us,
+        status=status,
+        threshold=threshold,
+    )
 
 
 def describe_line(line: AlertLine) -> str:
-    source = f"by {line.source_system} ref {line.source_ref}" if line.source_system else f"in event {line.event_id[:8]}"
-    return f"{rupiah(line.amount_idr)} {source} on {local_time(line.disbursed_at_us)[:10]}"
+    return explain.describe_line(line)
 
 
 def duplicate_message(event_region: str, programme_code: str, period: str, lines: Sequence[AlertLine],
                       reference: Reference) -> str:
-    """The words of a duplicate case; the projection renders them again once every line's
-    reference is known."""
-    total = sum(line.amount_idr for line in lines)
-    at_stake = total - lines[0].amount_idr
-    name = reference.programmes[programme_code].name if programme_code in reference.programmes else programme_code
-    return (
-        f"One person in {reference.regency_name(event_region)} (village {event_region}) was paid "
-        f"{programme_code} ({name}) for {period} {len(lines)} times: {'; '.join(describe_line(x) for x in lines)}. "
-        f"{rupiah(at_stake)} paid beyond the first payment."
-    )
-
-
-def _duplicate_alert(
-    event: Disbursement, state: PersonState, rulebook: Rulebook, reference: Reference, now_us: int
-) -> Alert | None:
-    programme, period = intern(event.programme_code), intern(event.period)
-    same = 0
-    for p in state.values():  # the hot loop of the worker: identity of interned strings, by index
-        if p[2] is period and p[1] is programme:
-            same += 1
-    if same < 2:
-        return None
-    lines = _lines(state, programme, period, event)
-    total = sum(line.amount_idr for line in lines)
-    at_stake = total - lines[0].amount_idr
-    message = duplicate_message(event.region_code, event.programme_code, event.period, lines, reference)
-    return Alert(
-        alert_id=alert_id(RULE_DUPLICATE_PERSON, event.person_token, event.period, event.programme_code),
-        revision=len(lines),
-        rule_id=RULE_DUPLICATE_PERSON,
-        rulebook_version=rulebook.version,
-        outcome_code="duplicate",
-        subject_kind="PERSON",
-        subject_token=event.person_token,
-        programme_code=event.programme_code,
-        period=event.period,
-        region_code=event.region_code,
-        lines=tuple(lines),
-        amount_idr_at_stake=at_stake,
-        amount_idr_total=total,
-        message=message,
-        raised_at_us=now_us,
-        trigger_event_id=event.event_id,
-        trigger_recorded_at_us=event.recorded_at_us,
-    )
+    at_stake = sum(line.amount_idr for line in lines) - lines[0].amount_idr
+    return explain.message(RULE_DUPLICATE_PERSON, "PERSON", event_region, programme_code, period, lines, at_stake, 0,
+                           "open", reference)
 
 
 def modified_resubmission_alert(
-    event: Disbursement, seen: Payment, seen_person_token: str, outcome: str, rulebook: Rulebook,
+    event: Disbursement | Reversal, seen: Payment, seen_person_token: str, outcome: str, rulebook: Rulebook,
     reference: Reference, now_us: int,
 ) -> Alert:
     """The case of a key sent again with other content. Its subject is the person the original
     payment was recorded for (the new version may name someone else)."""
     field_name = outcome.removeprefix("exists_with_different_")
+    is_reversal = isinstance(event, Reversal)
+    new_programme = getattr(event, "programme_code", "reversal")
+    new_period = getattr(event, "period", "")
+    new_at = event.reversed_at_us if is_reversal else event.disbursed_at_us
     original = AlertLine(event_id_text(seen.event_id), event.source_system, event.source_ref, seen.amount_idr,
-                         seen.disbursed_at_us)
-    attempt = AlertLine(event.event_id, event.source_system, event.source_ref, event.amount_idr, event.disbursed_at_us)
+                         seen.disbursed_at_us, seen.programme_code)
+    attempt = AlertLine(event.event_id, event.source_system, event.source_ref, event.amount_idr, new_at, new_programme)
     message = (
         f"{event.source_system} sent reference {event.source_ref} again with a different {field_name}: "
-        f"the ledger keeps the original ({rupiah(seen.amount_idr)}, {seen.programme_code} {seen.period}) and "
-        f"rejected the new version ({rupiah(event.amount_idr)}, {event.programme_code} {event.period}). "
+        f"the ledger keeps the original ({rupiah(seen.amount_idr)}, {seen.programme_code or 'reversal'} {seen.period}) "
+        f"and rejected the new version ({rupiah(event.amount_idr)}, {new_programme} {new_period}). "
         f"Either the sending system has a bug or the record was altered."
     )
+    region = getattr(event, "region_code", "")
     return Alert(
         alert_id=alert_id(RULE_MODIFIED_RESUBMISSION, seen_person_token, seen.period,
                           f"{event.source_system}\x1f{event.source_ref}"),
@@ -298,7 +448,7 @@ def modified_resubmission_alert(
         subject_token=seen_person_token,
         programme_code=seen.programme_code,
         period=seen.period,
-        region_code=event.region_code,
+        region_code=region,
         lines=(original, attempt),
         amount_idr_at_stake=abs(event.amount_idr - seen.amount_idr),
         amount_idr_total=seen.amount_idr,

@@ -45,6 +45,37 @@ INTAKE_CODES: tuple[str, ...] = (
     "funding_account_required",
 )
 
+# A reversal's intake checks, in precedence order (codes shared with disbursements where the
+# check is the same).
+REVERSAL_INTAKE_CODES: tuple[str, ...] = (
+    "record_type_unknown",
+    "field_unknown",
+    "source_system_required",
+    "source_ref_required",
+    "source_system_too_long",
+    "source_ref_too_long",
+    "original_source_ref_required",
+    "original_source_ref_too_long",
+    "reversal_names_itself",
+    "agency_code_required",
+    "identity_required",
+    "nik_must_be_16_ascii_digits",
+    "nik_province_invalid",
+    "nik_birth_date_invalid",
+    "nik_serial_invalid",
+    "provisional_id_invalid",
+    "amount_idr_required",
+    "amount_idr_must_be_integer",
+    "amount_idr_must_be_whole_rupiah",
+    "amount_idr_must_be_positive",
+    "amount_idr_too_large",
+    "reason_required",
+    "reason_too_long",
+    "reversed_at_invalid",
+    "reversed_at_needs_offset",
+    "reversed_at_in_future",
+)
+
 # Content fields compared for an idempotency key, in the order they are compared: the first
 # field that differs names the outcome `exists_with_different_<field>`.
 CONTENT_FIELDS: tuple[str, ...] = (
@@ -62,9 +93,29 @@ CONTENT_FIELDS: tuple[str, ...] = (
     "kk",
 )
 
-STREAM_CODES: tuple[str, ...] = tuple(f"exists_with_different_{f}" for f in CONTENT_FIELDS) + (
-    "exists_with_different_content",
+# The same for a reversal's content.
+REVERSAL_CONTENT_FIELDS: tuple[str, ...] = (
+    "nik",
+    "original_source_system",
+    "original_source_ref",
+    "amount_idr",
+    "reason",
+    "reversed_at",
+    "agency_code",
 )
+
+REVERSAL_PENDING = "reversal_pending"  # accepted; its original is not in the ledger yet
+
+# Reversal outcomes the stream decides (dead-lettered).
+REVERSAL_CODES: tuple[str, ...] = (
+    "reversal_exceeds_original",  # more than what is left of the original after earlier reversals
+    "reversal_of_a_reversal",  # the named original is itself a reversal
+    "reversal_original_unknown",  # the original did not arrive within the rulebook's wait
+)
+
+STREAM_CODES: tuple[str, ...] = tuple(
+    dict.fromkeys(f"exists_with_different_{f}" for f in CONTENT_FIELDS + REVERSAL_CONTENT_FIELDS)
+) + ("exists_with_different_content", "exists_with_different_record_type") + REVERSAL_CODES
 
 # Dead-letter codes raised by shells before the core sees a record.
 WIRE_CODES: tuple[str, ...] = (
@@ -74,7 +125,7 @@ WIRE_CODES: tuple[str, ...] = (
     "avro_body_malformed",
 )
 
-ALL_CODES: tuple[str, ...] = INTAKE_CODES + STREAM_CODES + WIRE_CODES
+ALL_CODES: tuple[str, ...] = tuple(dict.fromkeys(INTAKE_CODES + REVERSAL_INTAKE_CODES + STREAM_CODES + WIRE_CODES))
 
 
 def exists_with_different(field: str) -> str:

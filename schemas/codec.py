@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable
@@ -18,8 +19,8 @@ from typing import Any, Iterable
 import fastavro
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 
-from aidcore.intake import Disbursement
-from aidcore.ledger import Alert, AlertLine
+from aidcore.intake import Disbursement, Reversal
+from aidcore.ledger import Alert, AlertLine, Posting
 
 MARKER = b"\xc3\x01"
 HEADER_LEN = 10
@@ -27,7 +28,11 @@ HEADER_LEN = 10
 DISBURSEMENT = "aidledger.ledger.DisbursementRecorded"
 ALERT = "aidledger.alerts.AlertRaised"
 STATE_DELTA = "aidledger.state.AcceptedEvents"
-RECORD_NAMES = (DISBURSEMENT, ALERT, STATE_DELTA)
+REVERSAL = "aidledger.ledger.ReversalRecorded"
+RULEBOOK = "aidledger.ledger.RulebookActivated"
+POSTINGS = "aidledger.household.HouseholdPostings"
+RECORD_NAMES = (DISBURSEMENT, ALERT, STATE_DELTA, REVERSAL, RULEBOOK, POSTINGS)
+LEDGER_RECORDS = (DISBURSEMENT, REVERSAL, RULEBOOK)  # what the ledger topic carries
 
 
 class CodecError(ValueError):
@@ -185,3 +190,84 @@ def decode_alert(data: bytes | None) -> Alert:
     record = codec(ALERT).decode(data)
     record["lines"] = tuple(AlertLine(**line) for line in record["lines"])
     return Alert(**record)
+
+
+_REVERSAL_FIELDS = tuple(Reversal.__dataclass_fields__)
+assert tuple(f["name"] for f in codec(REVERSAL).schema["fields"]) == _REVERSAL_FIELDS
+
+
+def encode_reversal(r: Reversal) -> bytes:
+    return codec(REVERSAL).encode({f: getattr(r, f) for f in _REVERSAL_FIELDS})
+
+
+def decode_reversal(data: bytes | None) -> Reversal:
+    return Reversal(*codec(REVERSAL).decode(data).values())
+
+
+@dataclass(frozen=True, slots=True)
+class RulebookActivation:
+    version: str
+    digest: str
+    text: str
+    activated_at_us: int
+    activated_by: str
+
+
+def encode_rulebook(a: RulebookActivation) -> bytes:
+    return codec(RULEBOOK).encode({"version": a.version, "digest": a.digest, "text": a.text,
+                                   "activated_at_us": a.activated_at_us, "activated_by": a.activated_by})
+
+
+LedgerRecord = Disbursement | Reversal | RulebookActivation
+
+
+@lru_cache(maxsize=1)
+def _ledger_kinds() -> dict[bytes, str]:
+    out = {}
+    for name in LEDGER_RECORDS:
+        for fp in codec(name)._writers:
+            out[fp] = name
+    return out
+
+
+def kind_of(data: bytes | None) -> str | None:
+    """Which ledger record a value is, by its schema fingerprint (None if none)."""
+    if data is None or len(data) < HEADER_LEN:
+        return None
+    return _ledger_kinds().get(data[2:HEADER_LEN])
+
+
+def decode_ledger_values(values: Iterable[bytes | None]) -> list[LedgerRecord | CodecError]:
+    """Batch decode of the ledger topic's three record kinds; a bad value becomes its CodecError."""
+    kinds = _ledger_kinds()
+    disbursement = codec(DISBURSEMENT).decode
+    out: list[LedgerRecord | CodecError] = []
+    append = out.append
+    for value in values:
+        try:
+            kind = kinds.get(value[2:HEADER_LEN]) if value is not None and value[:2] == MARKER else None
+            if kind is None or kind == DISBURSEMENT:
+                append(Disbursement(*disbursement(value).values()))
+            elif kind == REVERSAL:
+                append(Reversal(*codec(REVERSAL).decode(value).values()))
+            else:
+                append(RulebookActivation(**codec(RULEBOOK).decode(value)))
+        except CodecError as err:
+            append(err)
+    return out
+
+
+_POSTING_FIELDS = tuple(Posting._fields)
+
+
+def encode_postings(rulebook_version: str, postings: Iterable[Posting], rulebook_text: str = "") -> bytes:
+    return codec(POSTINGS).encode({
+        "rulebook_version": rulebook_version,
+        "rulebook_text": rulebook_text,
+        "postings": [dict(zip(_POSTING_FIELDS, p)) for p in postings],
+    })
+
+
+def decode_postings(data: bytes | None) -> tuple[str, str, list[Posting]]:
+    record = codec(POSTINGS).decode(data)
+    return record["rulebook_version"], record["rulebook_text"], [Posting(*p.values()) for p in record["postings"]]

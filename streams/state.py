@@ -110,7 +110,8 @@ def delta_records(partition: int, offset_end: int, accepted: list[bytes]) -> lis
         size += len(value) + 4
     if chunk:
         records.append(chunk)
-    return [{"source_partition": partition, "source_offset_end": offset_end, "events": c} for c in records]
+    return [{"source_partition": partition, "source_offset_end": offset_end, "events": c, "removed_keys": []}
+            for c in records]
 
 
 def apply_delta(state: PartitionState, record: dict) -> int:

@@ -139,6 +139,33 @@ def disbursement(*, now_us: int = NOW_US, token_key: bytes = TOKEN_KEY, **overri
     return accepted(now_us=now_us, token_key=token_key, **overrides).disbursement
 
 
+def raw_reversal(**overrides: Any) -> dict:
+    """A valid reversal of the default `raw_record()` payment, in full."""
+    record: dict[str, Any] = {
+        "record_type": "reversal",
+        "source_system": "SIKS-NG",
+        "source_ref": "REV-PKH-2026-04-000001",
+        "original_source_ref": "PKH-2026-04-000001",
+        "agency_code": "KEMENSOS",
+        "nik": NIK,
+        "amount_idr": 750_000,
+        "reason": "paid twice by mistake",
+        "reversed_at": "2026-04-08T09:00:00+07:00",
+    }
+    for name, value in overrides.items():
+        if value is DROP:
+            record.pop(name, None)
+        else:
+            record[name] = value
+    return record
+
+
+def reversal(*, now_us: int = NOW_US, token_key: bytes = TOKEN_KEY, **overrides: Any) -> intake.Reversal:
+    outcome = intake.validate_any(raw_reversal(**overrides), reference=reference(), token_key=token_key, now_us=now_us)
+    assert isinstance(outcome, intake.AcceptedReversal), f"builder reversal was rejected: {outcome}"
+    return outcome.reversal
+
+
 def identity(**overrides: Any) -> Identity:
     return accepted(**overrides).identity
 
@@ -225,5 +252,5 @@ def state_delta_record(events: Sequence[Disbursement] = (), *, partition: int = 
     events = list(events) or [disbursement(), disbursement(source_ref="REF-2", period="2026-05")]
     result = decide(events)
     accepted = [codec.encode_disbursement(e) for e, outcome in zip(events, result.outcomes) if outcome == "accepted"]
-    return {"source_partition": partition, "source_offset_end": offset_end, "events": accepted}
+    return {"source_partition": partition, "source_offset_end": offset_end, "events": accepted, "removed_keys": []}
 
