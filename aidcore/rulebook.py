@@ -130,7 +130,7 @@ def _exclusions(value: Any, programmes, path: str) -> tuple[tuple[str, frozenset
         item = _table(item, where)
         _unknown(item, ("programme", "excludes"), where)
         programme = item.get("programme")
-        if programme not in programmes:
+        if not isinstance(programme, str) or programme not in programmes:
             raise _fail(f"{where}.programme", f"names unknown programme {programme!r}")
         excludes = _codes(item.get("excludes"), programmes, f"{where}.excludes", "programmes")
         if programme in excludes:
