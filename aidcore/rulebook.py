@@ -203,3 +203,15 @@ def default_rulebook_text() -> str:
 
 def default_rulebook(reference: Reference) -> Rulebook:
     return parse_rulebook(default_rulebook_text(), reference)
+
+
+def configured_rulebook(path: str, reference: Reference) -> Rulebook:
+    """The rulebook a setting names: a file path, or empty for the packaged default."""
+    if not path:
+        return default_rulebook(reference)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise RulebookError(f"cannot read rulebook file {path}: {err.strerror}") from None
+    return parse_rulebook(text, reference)

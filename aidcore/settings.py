@@ -54,7 +54,7 @@ class StackSettings(_Group):
     nik_token_key: str = _setting("AIDLEDGER_NIK_TOKEN_KEY", "", "hex secret for NIK tokens (HMAC-SHA256); empty reads AIDLEDGER_NIK_TOKEN_KEY_FILE")
     nik_token_key_file: str = _setting("AIDLEDGER_NIK_TOKEN_KEY_FILE", "", "file holding the hex token secret; empty means <home>/secrets/nik-token.key, created by `up` when missing")
     log_level: str = _setting("AIDLEDGER_LOG_LEVEL", "INFO", "log level of every process")
-    rulebook_version: str = _setting("AIDLEDGER_RULEBOOK_VERSION", "builtin-1", "rulebook version stamped on alerts")
+    rulebook: str = _setting("AIDLEDGER_RULEBOOK", "", "rulebook file put in force when the stack starts (if not already in force); empty means the packaged default")
     consumer_group: str = _setting("AIDLEDGER_CONSUMER_GROUP", "", "consumer group (Faust app id) of the ledger workers; empty means aidledger-<topic prefix>-ledger")
     fetch_max_wait_ms: int = _setting("AIDLEDGER_FETCH_MAX_WAIT_MS", 25, "longest a consumer's fetch waits at the broker; Tansu answers only when it expires, so this bounds latency")
 
@@ -102,4 +102,7 @@ def topic_names(stack: StackSettings) -> dict[str, str]:
         "deadletter": f"{p}.deadletter.v1",
         # the state changelog belongs to one consumer group, like a Faust table's changelog
         "state": f"{consumer_group(stack)}-state-changelog",
+        # what the person stage accepted, re-keyed by household, and the household stage's changelog
+        "households": f"{consumer_group(stack)}-households",
+        "household_state": f"{consumer_group(stack)}-household-changelog",
     }

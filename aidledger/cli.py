@@ -14,7 +14,6 @@ from pathlib import Path
 import orjson
 
 from aidcore import nik as nikmod
-from aidcore.ledger import Rulebook
 from aidcore.reference import default_reference
 from aidcore.settings import ALL_GROUPS, ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
 
@@ -174,7 +173,6 @@ def cmd_ingest(args) -> int:
             conn, _counting(rows, path, bar), source_name=path.name,
             ledger_topic=declared_topics(stack)["ledger"].name, alerts_topic=declared_topics(stack)["alerts"].name,
             token_key=token_key(stack, home), reference=default_reference(), report_path=report_path,
-            rulebook=Rulebook(version=stack.rulebook_version),
         )
     bar.close()
     if args.json:

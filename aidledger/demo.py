@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 
 from aidcore import nik as nikmod
-from aidcore.ledger import RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION, Rulebook
+from aidcore.ledger import RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION
 from aidcore.reference import default_reference
 from aidcore.rupiah import rupiah
 from connectors import synthetic
@@ -97,7 +97,6 @@ def run_demo(args) -> int:
                 conn, read_rows(input_path), source_name=input_path.name,
                 ledger_topic=declared_topics(stack.stack)["ledger"].name, token_key=key,
                 alerts_topic=declared_topics(stack.stack)["alerts"].name,
-                rulebook=Rulebook(version=stack.stack.rulebook_version),
                 reference=default_reference(), report_path=home / "reports" / "disbursements.rejections.csv",
                 progress=lambda n: bar.update(n, n),
             )

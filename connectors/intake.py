@@ -112,7 +112,10 @@ def ingest_rows(
     if not conn.autocommit:
         raise ValueError("intake needs an autocommit connection: each chunk is its own transaction")
     report = IntakeReport(batch_id=str(uuid.uuid4()), source_name=source_name)
-    rulebook = rulebook or Rulebook()
+    if rulebook is None:
+        from connectors.rulebooks import active_rulebook
+
+        rulebook = active_rulebook(conn, reference)
     started = time.perf_counter()
     conn.execute(
         "INSERT INTO ledger.intake_batches (batch_id, source_name, started_at) VALUES (%s, %s, now())",

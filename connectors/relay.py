@@ -43,7 +43,7 @@ async def run_relay(database_url: str, bootstrap: str, settings: RelaySettings, 
         while not stop.is_set():
             rows = await (
                 await conn.execute(
-                    "SELECT seq, topic, key, value FROM ledger.outbox WHERE seq > %s ORDER BY seq LIMIT %s",
+                    "SELECT seq, topic, key, value, partition FROM ledger.outbox WHERE seq > %s ORDER BY seq LIMIT %s",
                     (cursor, settings.batch_max),
                 )
             ).fetchall()
@@ -51,7 +51,8 @@ async def run_relay(database_url: str, bootstrap: str, settings: RelaySettings, 
                 BACKLOG.set(0)
                 await _wait_for_notify(listener, settings.poll_interval_ms / 1000.0, stop)
                 continue
-            futures = [await producer.send(topic, bytes(value), key=bytes(key)) for _, topic, key, value in rows]
+            futures = [await producer.send(topic, bytes(value), key=bytes(key), partition=partition)
+                       for _, topic, key, value, partition in rows]
             metas = await asyncio.gather(*futures)
             ends: dict[tuple[str, int], int] = defaultdict(int)
             for meta in metas:

@@ -96,6 +96,12 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
             behind["worker"].append(f"{ledger}[{p}] {end - committed.get(p, 0)} behind")
         if prog["tracking"].get((ledger, p), 0) < end:
             behind["projector"].append(f"{ledger}[{p}] {end - prog['tracking'].get((ledger, p), 0)} behind")
+    homes = topics["households"]
+    marks = asyncio.run(kafka.high_watermarks(bootstrap, homes.name, homes.partitions))
+    done = kafka.committed_offsets(bootstrap, group_id(stack), homes.name)
+    for p, end in sorted(marks.items()):
+        if done.get(p, 0) < end:
+            behind["worker"].append(f"{homes.name}[{p}] {end - done.get(p, 0)} behind")
     for role in ("alerts", "deadletter"):
         spec = topics[role]
         marks = asyncio.run(kafka.high_watermarks(bootstrap, spec.name, spec.partitions))
@@ -202,6 +208,7 @@ class Stack:
                 self.database_url = self.postgres.endpoint
             migrate(self.database_url)
             kafka.create_topics(self.bootstrap, list(declared_topics(self.stack).values()), self.stack.replication)
+            self._put_rulebook_in_force()
             self.children["relay"] = Child("relay", ["relay"])
             self.children["projector"] = Child("projector", ["project"])
             for i in range(self.workers):
@@ -250,6 +257,19 @@ class Stack:
             "metrics": metrics,
             "children": {name: c.process.pid for name, c in self.children.items() if c.process},
         }
+
+    def _put_rulebook_in_force(self) -> None:
+        """The configured rulebook (AIDLEDGER_RULEBOOK, else the packaged default) becomes the one
+        in force, unless it already is: an activation event on every ledger partition."""
+        from aidcore.reference import default_reference
+        from aidcore.rulebook import configured_rulebook
+        from connectors.rulebooks import activate
+
+        book = configured_rulebook(self.stack.rulebook, default_reference())
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            if activate(conn, book, ledger_topic=declared_topics(self.stack)["ledger"].name,
+                        partitions=self.stack.partitions, by="stack start"):
+                log.info("rulebook %s put in force", book.version)
 
     def _write_endpoints(self) -> None:
         path = self.home / ENDPOINTS_FILE

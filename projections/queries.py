@@ -10,7 +10,8 @@ from typing import Any
 
 import psycopg
 
-from aidcore.ledger import RULE_DUPLICATE_PERSON, AlertLine, duplicate_message
+from aidcore import explain
+from aidcore.ledger import RULE_MODIFIED_RESUBMISSION, AlertLine
 from aidcore.reference import Reference
 
 
@@ -22,12 +23,14 @@ def _iso(moment: datetime | None, offset_min: int = 420) -> str | None:
 
 def _alert_dict(row: tuple, reference: Reference) -> dict[str, Any]:
     (alert_id, revision, rule_id, rulebook_version, outcome_code, subject_kind, subject_token, programme_code,
-     period, region_code, lines, at_stake, total, message, first_raised_at, raised_at, latency_ms) = row
+     period, region_code, lines, at_stake, total, message, first_raised_at, raised_at, latency_ms, status,
+     threshold) = row
     return {
         "alert_id": alert_id,
         "revision": revision,
         "rule_id": rule_id,
         "rulebook_version": rulebook_version,
+        "status": status,
         "outcome_code": outcome_code,
         "subject_kind": subject_kind,
         "subject_token": subject_token,
@@ -38,12 +41,16 @@ def _alert_dict(row: tuple, reference: Reference) -> dict[str, Any]:
         "regency_name": reference.regency_name(region_code),
         "amount_idr_at_stake": at_stake,
         "amount_idr_total": total,
+        "threshold": threshold,
         "message": message,
         "events": [
             {
                 "event_id": ln["event_id"],
                 "source_system": ln["source_system"],
                 "source_ref": ln["source_ref"],
+                "programme_code": ln.get("programme_code", ""),
+                "source_type": ln.get("source_type", ""),
+                "member_token": ln.get("person_token", ""),
                 "amount_idr": ln["amount_idr"],
                 "disbursed_at": _iso(datetime.fromtimestamp(ln["disbursed_at_us"] / 1e6, timezone.utc)),
             }
@@ -57,7 +64,8 @@ def _alert_dict(row: tuple, reference: Reference) -> dict[str, Any]:
 
 _ALERT_COLUMNS = (
     "alert_id, revision, rule_id, rulebook_version, outcome_code, subject_kind, subject_token, programme_code,"
-    " period, region_code, lines, amount_idr_at_stake, amount_idr_total, message, first_raised_at, raised_at, latency_ms"
+    " period, region_code, lines, amount_idr_at_stake, amount_idr_total, message, first_raised_at, raised_at, latency_ms,"
+    " status, threshold"
 )
 
 
@@ -101,8 +109,9 @@ def _with_references(conn: psycopg.Connection, rows: list[tuple], reference: Ref
                 ln["source_system"], ln["source_ref"] = found[ln["event_id"]]
         row = list(row)
         row[10] = lines
-        if row[2] == RULE_DUPLICATE_PERSON and all(ln["source_system"] for ln in lines):
-            row[13] = duplicate_message(row[9], row[7], row[8], [AlertLine(**ln) for ln in lines], reference)
+        if row[2] != RULE_MODIFIED_RESUBMISSION and all(ln["source_system"] for ln in lines):
+            row[13] = explain.message(row[2], row[5], row[9], row[7], row[8], [AlertLine(**ln) for ln in lines],
+                                      row[11], row[18], row[17], reference)
         out.append(tuple(row))
     return out
 

@@ -100,10 +100,17 @@ def write_batch(
     return stats
 
 
+# Rulebook activations are kept in ledger.rulebooks by whoever activates them; reversals are
+# decided by the stream and are not yet archived by the projector.
+_NOT_ARCHIVED_HERE = (codec.RULEBOOK, codec.REVERSAL)
+
+
 def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: BatchStats) -> None:
     decoded: list[tuple[Record, Disbursement]] = []
     seen_ids: set[str] = set()
     for r in records:
+        if codec.kind_of(r.value) in _NOT_ARCHIVED_HERE:
+            continue
         try:
             d = codec.decode_disbursement(r.value)
         except codec.CodecError:
@@ -188,7 +195,8 @@ def _project_alerts(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
         lines = orjson.dumps(
             [
                 {"event_id": ln.event_id, "source_system": ln.source_system, "source_ref": ln.source_ref,
-                 "amount_idr": ln.amount_idr, "disbursed_at_us": ln.disbursed_at_us}
+                 "amount_idr": ln.amount_idr, "disbursed_at_us": ln.disbursed_at_us,
+                 "programme_code": ln.programme_code, "person_token": ln.person_token, "source_type": ln.source_type}
                 for ln in a.lines  # type: ignore[attr-defined]
             ]
         ).decode()
@@ -198,17 +206,19 @@ def _project_alerts(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
                 a.subject_token, a.programme_code, a.period, a.region_code, lines, a.amount_idr_at_stake,  # type: ignore[attr-defined]
                 a.amount_idr_total, a.message, _ts(a.raised_at_us), _ts(a.raised_at_us), a.trigger_event_id,  # type: ignore[attr-defined]
                 (a.raised_at_us - a.trigger_recorded_at_us) / 1000.0,  # type: ignore[attr-defined]
+                a.status, a.threshold,  # type: ignore[attr-defined]
             )
         )
     cur.executemany(
         "INSERT INTO ledger.alerts (alert_id, revision, rule_id, rulebook_version, outcome_code, subject_kind,"
         " subject_token, programme_code, period, region_code, lines, amount_idr_at_stake, amount_idr_total,"
-        " message, first_raised_at, raised_at, trigger_event_id, latency_ms)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)"
+        " message, first_raised_at, raised_at, trigger_event_id, latency_ms, status, threshold)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (alert_id) DO UPDATE SET revision = excluded.revision, rulebook_version = excluded.rulebook_version,"
         " outcome_code = excluded.outcome_code, lines = excluded.lines, amount_idr_at_stake = excluded.amount_idr_at_stake,"
         " amount_idr_total = excluded.amount_idr_total, message = excluded.message, raised_at = excluded.raised_at,"
-        " trigger_event_id = excluded.trigger_event_id, latency_ms = excluded.latency_ms"
+        " trigger_event_id = excluded.trigger_event_id, latency_ms = excluded.latency_ms,"
+        " status = excluded.status, threshold = excluded.threshold"
         " WHERE excluded.revision > ledger.alerts.revision",
         params,
     )

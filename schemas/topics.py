@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aidcore.settings import StackSettings, topic_names
-from schemas.codec import ALERT, DISBURSEMENT, STATE_DELTA
+from schemas.codec import ALERT, DISBURSEMENT, POSTINGS, STATE_DELTA
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,17 @@ def declared_topics(stack: StackSettings) -> dict[str, TopicSpec]:
     n = stack.partitions
     specs = [
         TopicSpec("ledger", names["ledger"], n, "person_token (utf-8)", DISBURSEMENT,
-                  "every accepted disbursement, keyed by the recipient's token"),
+                  "every accepted disbursement and reversal, keyed by the recipient's token, and the rulebook"
+                  " activations (on every partition)"),
         TopicSpec("alerts", names["alerts"], n, "subject_token (utf-8)", ALERT,
                   "cases raised or updated by the rules"),
         TopicSpec("deadletter", names["deadletter"], n, "original key", None,
                   "records the stream could not accept: original value, code and source position in headers"),
         TopicSpec("state", names["state"], n, "source partition (utf-8)", STATE_DELTA,
                   "changelog of the ledger worker's per-person state; partition p holds the deltas of ledger partition p"),
+        TopicSpec("households", names["households"], n, "household token (utf-8)", POSTINGS,
+                  "what the person stage accepted, re-keyed by household (KK token, or the person's when none)"),
+        TopicSpec("household_state", names["household_state"], n, "households partition (utf-8)", POSTINGS,
+                  "changelog of the household stage; partition h holds the postings accepted from households partition h"),
     ]
     return {s.role: s for s in specs}

@@ -18,12 +18,16 @@ from typing import Any, Mapping
 import faust
 
 from aidcore import outcomes
-from aidcore.ledger import Rulebook, decide_batch
+from aidcore.household import decide_household_batch
+from aidcore.intake import Disbursement
+from aidcore.ledger import decide_batch
+from aidcore.rulebook import Rulebook, RulebookError, default_rulebook, parse_rulebook
 from aidcore.reference import Reference, default_reference
 from aidcore.settings import StackSettings, WorkerSettings, consumer_group
 from schemas import codec
 from schemas.topics import declared_topics
 from streams import metrics
+from streams.household import HouseholdState, household_partition
 from streams.state import LedgerState, delta_records, store, view
 from streams.transport import LedgerApp
 
@@ -36,106 +40,221 @@ def group_id(stack: StackSettings) -> str:
 
 DEAD_LETTER_MAX_BYTES = 256 * 1024
 
+_DETAILS = {
+    "": "same source reference, different content",
+    "reversal_exceeds_original": "the reversal takes back more than what is left of its original",
+    "reversal_of_a_reversal": "the named original is itself a reversal",
+}
+
+
+class _Step:
+    """What one batch produced, gathered before anything is persisted."""
+
+    def __init__(self, now_us: int):
+        self.now_us = now_us
+        self.sends: list = []
+        self.deltas: list = []
+        self.household_deltas: list[tuple[int, bytes]] = []
+        self.household_changes: list = []
+        self.household_postings = 0
+        self.outcome_counts: Counter = Counter()
+        self.accepted_by: Counter = Counter()
+        self.idr_by: Counter = Counter()
+        self.latencies: list[float] = []
+
+    def report(self, state: LedgerState, households: HouseholdState) -> None:
+        for outcome, n in self.outcome_counts.items():
+            metrics.EVENTS_IN.labels(outcome).inc(n)
+        for (source_type, programme), n in self.accepted_by.items():
+            metrics.ACCEPTED_BY.labels(source_type, programme).inc(n)
+        for programme, amount in self.idr_by.items():
+            metrics.ACCEPTED_IDR.labels(programme).inc(amount)
+        for seconds in self.latencies:
+            metrics.INGEST_TO_DECISION.observe(max(0.0, seconds))
+        if self.household_postings:
+            metrics.HOUSEHOLD_POSTINGS.inc(self.household_postings)
+        metrics.PERSONS.set(state.persons())
+        metrics.HOUSEHOLDS.set(households.households())
+
 
 def _now_us() -> int:
     return time.time_ns() // 1000
 
 
 class LedgerProcessor:
-    """Decode, decide, persist one batch of ledger records."""
+    """Decode, decide, persist one batch: the person stage on ledger partitions, the household
+    stage on households partitions, in the same worker and the same persist sequence."""
 
-    def __init__(self, app: faust.App, stack: StackSettings, reference: Reference):
+    def __init__(self, app: faust.App, stack: StackSettings, reference: Reference, rulebook: Rulebook | None = None):
         topics = declared_topics(stack)
         self.app = app
+        self.partitions = stack.partitions
         self.ledger_topic = topics["ledger"].name
         self.alerts_topic = topics["alerts"].name
         self.dead_topic = topics["deadletter"].name
         self.state_topic = topics["state"].name
-        self.state = LedgerState(bootstrap_of(stack), self.state_topic, stack.fetch_max_wait_ms)
-        self.rulebook = Rulebook(version=stack.rulebook_version)
+        self.households_topic = topics["households"].name
+        self.household_state_topic = topics["household_state"].name
         self.reference = reference
+        self.default_rulebook = rulebook or default_rulebook(reference)
+        self.state = LedgerState(bootstrap_of(stack), self.state_topic, stack.fetch_max_wait_ms)
+        self.households = HouseholdState(bootstrap_of(stack), self.household_state_topic, reference,
+                                         self.default_rulebook, stack.fetch_max_wait_ms)
+        self._books: dict[str, Rulebook] = {self.default_rulebook.digest: self.default_rulebook}
+
+    def rulebook(self, partition: int) -> Rulebook:
+        """The rulebook in force on a ledger partition: its latest activation, else the default."""
+        activation = self.state.rulebooks.get(partition)
+        if activation is None:
+            return self.default_rulebook
+        book = self._books.get(activation.digest)
+        if book is None:
+            book = self._books[activation.digest] = parse_rulebook(activation.text, self.reference)
+        return book
 
     async def process_batch(self, batch: Mapping[Any, list]) -> None:
-        """One fetched batch: {TopicPartition: [ConsumerRecord, ...]} of the ledger topic."""
+        """One fetched batch: {TopicPartition: [ConsumerRecord, ...]} of the ledger and households topics."""
         started = time.perf_counter()
-        await self.state.ensure_loaded(tp.partition for tp in batch)
-        now_us = _now_us()
-        sends, deltas = [], []
-        outcome_counts: Counter = Counter()
-        accepted_by: Counter = Counter()
-        idr_by: Counter = Counter()
-        alert_counts: Counter = Counter()
-        latencies: list[float] = []
-        for tp, records in batch.items():
-            partition = tp.partition
-            decoded = codec.decode_disbursements(r.value for r in records)
-            good, good_records = [], []
-            for record, item in zip(records, decoded):
-                if isinstance(item, codec.CodecError):
-                    sends.append(await self._dead_letter(record, item.code, str(item)))
-                    outcome_counts[item.code] += 1
-                else:
-                    good.append(item)
-                    good_records.append(record)
-            offset_end = records[-1].offset + 1
-            hw = self.app.consumer.highwater(tp)
-            if hw is not None:
-                metrics.LAG.labels(str(partition)).set(max(0, hw - offset_end))
-            if not good:
-                continue
-            people = view(self.state.partitions[partition], {e.person_token for e in good})
-            result = decide_batch(people, good, rulebook=self.rulebook, reference=self.reference, now_us=now_us)
-            accepted_values = []
-            for i, (record, event, outcome) in enumerate(zip(good_records, good, result.outcomes)):
-                outcome_counts[outcome] += 1
-                if outcome == outcomes.ACCEPTED:
-                    accepted_values.append(record.value)
-                    accepted_by[(event.source_type, event.programme_code)] += 1
-                    idr_by[event.programme_code] += event.amount_idr
-                    if i % 16 == 0:
-                        latencies.append((now_us - event.recorded_at_us) / 1e6)
-                elif outcome != outcomes.EXISTS:
-                    sends.append(await self._dead_letter(record, outcome, "same source reference, different content"))
-            for alert in result.alerts.values():
-                sends.append(
-                    await self.app.producer.send(
-                        self.alerts_topic, alert.subject_token.encode(), codec.encode_alert(alert), None, None, None
-                    )
-                )
-                alert_counts[alert.rule_id] += 1
-            if accepted_values:
-                deltas.append((partition, delta_records(partition, offset_end, accepted_values), result.changed))
+        ledger = {tp: r for tp, r in batch.items() if tp.topic == self.ledger_topic}
+        households = {tp: r for tp, r in batch.items() if tp.topic == self.households_topic}
+        await self.state.ensure_loaded(tp.partition for tp in ledger)
+        await self.households.ensure_loaded(tp.partition for tp in households)
+        step = _Step(_now_us())
+        for tp, records in ledger.items():
+            await self._person_partition(tp, records, step)
+        for tp, records in households.items():
+            await self._household_partition(tp, records, step)
         try:
-            for fut in sends:
+            for fut in step.sends:
                 await fut
             state_sends = []
             encoder = codec.codec(codec.STATE_DELTA)
-            for partition, records, _ in deltas:
+            for partition, records, _ in step.deltas:
                 for delta in records:
                     state_sends.append(
                         await self.app.producer.send(self.state_topic, str(partition).encode(), encoder.encode(delta),
                                                      partition, None, None)
                     )
+            for partition, value in step.household_deltas:
+                state_sends.append(await self.app.producer.send(self.household_state_topic, str(partition).encode(),
+                                                                value, partition, None, None))
             for fut in state_sends:
                 await fut
         except BaseException:
             log.exception("persisting a batch failed; exiting so that no unpersisted event is committed")
             os._exit(75)
-        for partition, _, changed in deltas:
+        for partition, _, changed in step.deltas:
             store(self.state.partitions[partition], changed)
-        self.state.added(outcome_counts[outcomes.ACCEPTED])
-        for outcome, n in outcome_counts.items():
-            metrics.EVENTS_IN.labels(outcome).inc(n)
-        for (source_type, programme), n in accepted_by.items():
-            metrics.ACCEPTED_BY.labels(source_type, programme).inc(n)
-        for programme, amount in idr_by.items():
-            metrics.ACCEPTED_IDR.labels(programme).inc(amount)
-        for rule, n in alert_counts.items():
-            metrics.ALERTS.labels(rule).inc(n)
-        for seconds in latencies:
-            metrics.INGEST_TO_DECISION.observe(max(0.0, seconds))
-        metrics.PERSONS.set(self.state.persons())
+        for partition, changed in step.household_changes:
+            self.households.partitions[partition].update(changed)
+        self.state.added(step.outcome_counts[outcomes.ACCEPTED])
+        step.report(self.state, self.households)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _person_partition(self, tp, records: list, step: "_Step") -> None:
+        partition = tp.partition
+        offset_end = records[-1].offset + 1
+        hw = self.app.consumer.highwater(tp)
+        if hw is not None:
+            metrics.LAG.labels(str(partition)).set(max(0, hw - offset_end))
+        accepted_values: list[bytes] = []
+        changed: dict = {}
+        run: list = []
+        run_records: list = []
+        for record, item in zip(records, codec.decode_ledger_values(r.value for r in records)):
+            if isinstance(item, codec.CodecError):
+                step.sends.append(await self._dead_letter(record, item.code, str(item)))
+                step.outcome_counts[item.code] += 1
+            elif isinstance(item, codec.RulebookActivation):
+                await self._decide_run(partition, run, run_records, accepted_values, changed, step)
+                run, run_records = [], []
+                await self._activate(partition, record, item, accepted_values, step)
+            else:
+                run.append(item)
+                run_records.append(record)
+        await self._decide_run(partition, run, run_records, accepted_values, changed, step)
+        if accepted_values:
+            step.deltas.append((partition, delta_records(partition, offset_end, accepted_values), changed))
+
+    async def _activate(self, partition: int, record, activation: "codec.RulebookActivation", accepted_values: list,
+                        step: "_Step") -> None:
+        """A rulebook comes into force on this partition: kept in the changelog (so a rebuild knows
+        it) and forwarded to every households partition before any posting decided under it."""
+        try:
+            book = parse_rulebook(activation.text, self.reference)
+        except RulebookError as err:
+            step.sends.append(await self._dead_letter(record, "rulebook_invalid", str(err)))
+            step.outcome_counts["rulebook_invalid"] += 1
+            return
+        self._books[book.digest] = book
+        self.state.rulebooks[partition] = activation
+        accepted_values.append(record.value)
+        value = codec.encode_postings(book.version, (), activation.text)
+        for h in range(self.partitions):
+            step.sends.append(await self.app.producer.send(self.households_topic, None, value, h, None, None))
+        metrics.RULEBOOK_ACTIVATIONS.labels(book.version).inc()
+        log.info("rulebook %s in force on ledger partition %d", book.version, partition)
+
+    async def _decide_run(self, partition: int, events: list, records: list, accepted_values: list, changed: dict,
+                          step: "_Step") -> None:
+        if not events:
+            return
+        book = self.rulebook(partition)
+        people = view(self.state.partitions[partition], {e.person_token for e in events} - changed.keys())
+        people.update(changed)
+        result = decide_batch(people, events, rulebook=book, reference=self.reference, now_us=step.now_us)
+        changed.update(result.changed)
+        for i, (record, event, outcome) in enumerate(zip(records, events, result.outcomes)):
+            step.outcome_counts[outcome] += 1
+            if outcome == outcomes.ACCEPTED or outcome == outcomes.REVERSAL_PENDING:
+                accepted_values.append(record.value)
+                if isinstance(event, Disbursement):
+                    step.accepted_by[(event.source_type, event.programme_code)] += 1
+                    step.idr_by[event.programme_code] += event.amount_idr
+                if i % 16 == 0:
+                    step.latencies.append((step.now_us - event.recorded_at_us) / 1e6)
+            elif outcome != outcomes.EXISTS:
+                step.sends.append(await self._dead_letter(record, outcome, _DETAILS.get(outcome, _DETAILS[""])))
+        for alert in result.alerts.values():
+            step.sends.append(await self._send_alert(alert))
+        by_partition: dict[int, list] = {}
+        for posting in result.postings:
+            by_partition.setdefault(household_partition(posting.household, self.partitions), []).append(posting)
+        for h, postings in by_partition.items():
+            step.sends.append(await self.app.producer.send(
+                self.households_topic, None, codec.encode_postings(book.version, postings), h, None, None))
+
+    async def _household_partition(self, tp, records: list, step: "_Step") -> None:
+        partition = tp.partition
+        state = self.households.partitions[partition]
+        changed: dict = {}
+        for record in records:
+            try:
+                version, text, postings = codec.decode_postings(record.value)
+            except codec.CodecError as err:  # only the person stage writes here: a bug, made visible
+                step.sends.append(await self._dead_letter(record, err.code, str(err)))
+                continue
+            self.households.learn(version, text)
+            if not postings:
+                if text:
+                    step.household_deltas.append((partition, record.value))
+                continue
+            view_ = {p.household: changed.get(p.household) or state.get(p.household, {}) for p in postings}
+            result = decide_household_batch(view_, postings, rulebook=self.households.book(version),
+                                            reference=self.reference, now_us=step.now_us)
+            if result.accepted:
+                changed.update(result.changed)
+                step.household_deltas.append((partition, record.value))
+                step.household_postings += len(result.accepted)
+            for alert in result.alerts.values():
+                step.sends.append(await self._send_alert(alert))
+        if changed:
+            step.household_changes.append((partition, changed))
+
+    async def _send_alert(self, alert):
+        metrics.ALERTS.labels(alert.rule_id).inc()
+        return await self.app.producer.send(self.alerts_topic, alert.subject_token.encode(), codec.encode_alert(alert),
+                                            None, None, None)
 
     async def _dead_letter(self, message: Any, code: str, detail: str):
         """`message` is a consumer record: topic, partition, offset, key, value. A value too large to
@@ -164,7 +283,8 @@ def bootstrap_of(stack: StackSettings) -> str:
     return stack.kafka_bootstrap
 
 
-def create_app(stack: StackSettings, worker: WorkerSettings, reference: Reference | None = None) -> tuple[faust.App, LedgerProcessor]:
+def create_app(stack: StackSettings, worker: WorkerSettings, reference: Reference | None = None,
+               rulebook: Rulebook | None = None) -> tuple[faust.App, LedgerProcessor]:
     bootstrap = bootstrap_of(stack)
     app = LedgerApp(
         group_id(stack),
@@ -185,12 +305,13 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
         web_enabled=False,
     )
     app.fetch_max_wait_ms = stack.fetch_max_wait_ms
-    processor = LedgerProcessor(app, stack, reference or default_reference())
+    processor = LedgerProcessor(app, stack, reference or default_reference(), rulebook)
     app.batch_handler = processor.process_batch
     # Subscribed through the conductor, consumed by the batch consumer (streams.transport): no
     # agent, because Faust's per-event path is what this worker exists to avoid.
-    app.topics.add(app.topic(processor.ledger_topic, key_type=bytes, value_type=bytes,
-                             key_serializer="raw", value_serializer="raw", partitions=stack.partitions))
+    for name in (processor.ledger_topic, processor.households_topic):
+        app.topics.add(app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                                 partitions=stack.partitions))
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs):
@@ -198,9 +319,11 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
         # back was processed by nobody else in between, so its state is kept. Others are dropped
         # and rebuilt from the changelog if they ever return.
         mine = {tp.partition for tp in assigned if tp.topic == processor.ledger_topic}
+        homes = {tp.partition for tp in assigned if tp.topic == processor.households_topic}
         app.consumer.forget_progress()
         processor.state.revoke([p for p in list(processor.state.partitions) if p not in mine])
+        processor.households.revoke([p for p in list(processor.households.partitions) if p not in homes])
         metrics.ASSIGNED.set(len(mine))
-        log.info("assigned ledger partitions %s", sorted(mine))
+        log.info("assigned ledger partitions %s, households partitions %s", sorted(mine), sorted(homes))
 
     return app, processor

@@ -33,3 +33,11 @@ RECOVERY_SECONDS = Histogram(
     buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
 ASSIGNED = Gauge("aidledger_worker_assigned_partitions", "Ledger partitions assigned to this worker")
+HOUSEHOLDS = Gauge("aidledger_worker_state_households", "Households held in the household stage's live state")
+HOUSEHOLD_POSTINGS = Counter(
+    "aidledger_worker_household_postings_total", "Postings the household stage accepted (payments and reversals)"
+)
+RULEBOOK_ACTIVATIONS = Counter(
+    "aidledger_worker_rulebook_activations_total", "Rulebook activations put in force, per ledger partition read",
+    ["version"],
+)

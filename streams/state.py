@@ -26,11 +26,12 @@ import time
 from sys import intern
 from typing import Iterable, Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from aidcore.ledger import Payment, idem_key, payment_of
+from aidcore.intake import Reversal
+from aidcore.ledger import Payment, idem_key, payment_of, reversal_entry
 from schemas import codec
 from streams import metrics
+from streams.changelog import replay_partition
 
 log = logging.getLogger(__name__)
 
@@ -110,25 +111,47 @@ def delta_records(partition: int, offset_end: int, accepted: list[bytes]) -> lis
         size += len(value) + 4
     if chunk:
         records.append(chunk)
-    return [{"source_partition": partition, "source_offset_end": offset_end, "events": c, "removed_keys": []}
+    return [{"source_partition": partition, "source_offset_end": offset_end, "events": c, "removed": []}
             for c in records]
 
 
-def apply_delta(state: PartitionState, record: dict) -> int:
-    """Replay one changelog record into `state`; returns the payments added."""
-    events = codec.decode_disbursements(record["events"])
+def apply_delta(state: PartitionState, record: dict, rulebooks: list | None = None) -> int:
+    """Replay one changelog record into `state`; returns the ledger values applied. Rulebook
+    activations in it are appended to `rulebooks` (the last one is the partition's rulebook)."""
+    values = codec.decode_ledger_values(record["events"])
     added: dict[bytes, bytearray] = {}
-    for d in events:
-        if isinstance(d, codec.CodecError):  # pragma: no cover - the worker wrote only values it decoded
-            raise d
-        key = token_key(d.person_token)
+
+    def blob_of(key: bytes) -> bytearray:
         blob = added.get(key)
         if blob is None:
             blob = added[key] = bytearray(state.get(key, b""))
-        blob += pack({idem_key(d.source_system, d.source_ref): payment_of(d, d.digests())})
+        return blob
+
+    for d in values:
+        if isinstance(d, codec.CodecError):  # pragma: no cover - the worker wrote only values it decoded
+            raise d
+        if isinstance(d, codec.RulebookActivation):
+            if rulebooks is not None:
+                rulebooks.append(d)
+            continue
+        key = token_key(d.person_token)
+        blob = blob_of(key)
+        if isinstance(d, Reversal):
+            original = unpack(bytes(blob)).get(idem_key(d.original_source_system, d.original_source_ref))
+            blob += pack({idem_key(d.source_system, d.source_ref): reversal_entry(d, d.digests(), original)})
+        else:
+            blob += pack({idem_key(d.source_system, d.source_ref): payment_of(d, d.digests())})
+    for removed in record.get("removed", ()):
+        key, idem = removed[:16], int.from_bytes(removed[16:24], "big")
+        person = unpack(bytes(blob_of(key)))
+        person.pop(idem, None)
+        added[key] = bytearray(pack(person))
     for key, blob in added.items():
-        state[key] = bytes(blob)
-    return len(events)
+        if blob:
+            state[key] = bytes(blob)
+        else:
+            state.pop(key, None)
+    return len(values)
 
 
 FREEZE_EVERY = 50_000
@@ -146,6 +169,7 @@ class LedgerState:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.state_topic = state_topic
         self.partitions: dict[int, PartitionState] = {}
+        self.rulebooks: dict[int, codec.RulebookActivation] = {}  # the latest activation per partition
         self._loading: dict[int, asyncio.Task] = {}
         self._since_freeze = 0
 
@@ -162,6 +186,7 @@ class LedgerState:
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.partitions.pop(p, None)
+            self.rulebooks.pop(p, None)
             task = self._loading.pop(p, None)
             if task is not None:
                 task.cancel()
@@ -182,29 +207,14 @@ class LedgerState:
     async def _load(self, partition: int) -> None:
         started = time.perf_counter()
         state: PartitionState = {}
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-            max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024,
-            fetch_max_wait_ms=self.fetch_max_wait_ms,
-        )
-        await consumer.start()
-        deltas = 0
-        try:
-            tp = TopicPartition(self.state_topic, partition)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            decoder = codec.codec(codec.STATE_DELTA)
-            while True:
-                batch = await consumer.getmany(tp, timeout_ms=200, max_records=10_000)
-                for record in batch.get(tp, ()):
-                    apply_delta(state, decoder.decode(record.value))
-                    deltas += 1
-                hw = consumer.highwater(tp)
-                if hw is not None and await consumer.position(tp) >= hw:
-                    break
-        finally:
-            await consumer.stop()
+        decoder = codec.codec(codec.STATE_DELTA)
+        activations: list = []
+        deltas = await replay_partition(self.bootstrap, self.state_topic, partition,
+                                        lambda value: apply_delta(state, decoder.decode(value), activations),
+                                        self.fetch_max_wait_ms)
         self.partitions[partition] = state
+        if activations:
+            self.rulebooks[partition] = activations[-1]
         self._loading.pop(partition, None)
         self.added(FREEZE_EVERY)
         elapsed = time.perf_counter() - started

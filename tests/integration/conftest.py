@@ -83,7 +83,9 @@ def changelog_state(stack: Stack) -> tuple[Counter, dict[tuple[str, str, str], t
     keys: Counter = Counter()
     totals: dict[tuple[str, str, str], list[int]] = {}
     for record in read_topic(stack.bootstrap, stack.endpoints()["topics"]["state"], stack.stack.partitions):
-        for d in codec.decode_disbursements(codec.codec(codec.STATE_DELTA).decode(record.value)["events"]):
+        for d in codec.decode_ledger_values(codec.codec(codec.STATE_DELTA).decode(record.value)["events"]):
+            if isinstance(d, codec.RulebookActivation):
+                continue
             keys[(d.person_token, d.source_system, d.source_ref)] += 1
             t = totals.setdefault((d.person_token, d.programme_code, d.period), [0, 0])
             t[0] += d.amount_idr

@@ -252,5 +252,81 @@ def state_delta_record(events: Sequence[Disbursement] = (), *, partition: int = 
     events = list(events) or [disbursement(), disbursement(source_ref="REF-2", period="2026-05")]
     result = decide(events)
     accepted = [codec.encode_disbursement(e) for e, outcome in zip(events, result.outcomes) if outcome == "accepted"]
-    return {"source_partition": partition, "source_offset_end": offset_end, "events": accepted, "removed_keys": []}
+    return {"source_partition": partition, "source_offset_end": offset_end, "events": accepted, "removed": []}
 
+
+
+# --- reversals, the household stage and streams of both (for property tests) ---------------------
+
+from aidcore.household import HouseholdResult, decide_household_batch  # noqa: E402
+from aidcore.ledger import Posting  # noqa: E402
+from aidcore.rulebook import default_rulebook  # noqa: E402
+
+
+@lru_cache(maxsize=1)
+def shipped_rulebook() -> Rulebook:
+    """The rulebook shipped with the package: every rule on."""
+    return default_rulebook(reference())
+
+
+def decide_households(postings: Sequence[Posting], states=None, *, rulebook: Rulebook | None = None,
+                      now_us: int = NOW_US) -> HouseholdResult:
+    """The household stage over `postings`, with the shipped rulebook unless told otherwise."""
+    return decide_household_batch(states or {}, postings, rulebook=rulebook or shipped_rulebook(),
+                                  reference=reference(), now_us=now_us)
+
+
+def keep_latest(latest: dict[str, Alert], alerts: Iterable[Alert]) -> dict[str, Alert]:
+    """Fold alerts in as a projection keeps them: per alert id the highest revision, a later one
+    winning a tie."""
+    for alert in alerts:
+        seen = latest.get(alert.alert_id)
+        if seen is None or alert.revision >= seen.revision:
+            latest[alert.alert_id] = alert
+    return latest
+
+
+def open_cases(latest: Mapping[str, Alert]) -> dict[str, tuple]:
+    """The open alerts' content by alert id: rule, subject, programme, period, lines (event id,
+    amount) and amounts. Revisions, triggers, source references and messages are left out: they
+    say how and when a case was learnt, not what it is."""
+    return {
+        alert_id: (a.rule_id, a.subject_kind, a.subject_token, a.programme_code, a.period,
+                   tuple((line.event_id, line.amount_idr) for line in a.lines), a.amount_idr_at_stake,
+                   a.amount_idr_total)
+        for alert_id, a in latest.items()
+        if a.status == "open"
+    }
+
+
+# Members of the streams below: two share a KK, one has no KK (a household of one), one has only a
+# provisional identity and a KK of its own.
+STREAM_MEMBERS: tuple[dict[str, str], ...] = (
+    {"nik": NIK, "provisional_id": "", "kk": KK},
+    {"nik": OTHER_NIK, "provisional_id": "", "kk": KK},
+    {"nik": make_nik(regency="02", day=17, month=8, year=2, female=False, serial=12), "provisional_id": "", "kk": ""},
+    {"nik": "", "provisional_id": "PRV-LPG-0042", "kk": OTHER_KK},
+)
+# (programme, source type): per-household, per-person, excluded-together and non-government aid
+STREAM_PROGRAMMES = (("PKH", "APBN"), ("BPNT", "APBN"), ("BLT_DD", "APBDES"), ("CSR_PANGAN", "CSR"),
+                     ("PIP", "APBN"), ("RTLH", "APBD_KAB"))
+STREAM_PERIODS = ("2026-03", "2026-04")
+STREAM_AMOUNTS = (200_000, 750_000, 1_500_000, 2_000_000)
+
+
+@lru_cache(maxsize=None)
+def stream_payment(n: int, member: int, programme: int, period: str, amount: int) -> Disbursement:
+    """The n-th payment of a stream (source reference P<n>)."""
+    code, source = STREAM_PROGRAMMES[programme]
+    return disbursement(source_ref=f"P{n}", programme_code=code, source_type=source, period=period,
+                        amount_idr=amount, disbursed_at=f"2026-04-0{1 + n % 9}T{8 + n % 10:02d}:00:00+07:00",
+                        **STREAM_MEMBERS[member])
+
+
+@lru_cache(maxsize=None)
+def stream_reversal(n: int, member: int, original_ref: str, amount: int) -> intake.Reversal:
+    """The n-th reversal of a stream (source reference V<n>), of the event `original_ref`."""
+    who = STREAM_MEMBERS[member]
+    return reversal(source_ref=f"V{n}", original_source_ref=original_ref, amount_idr=amount,
+                    reversed_at=f"2026-04-0{1 + n % 9}T{18 - n % 10:02d}:30:00+07:00",
+                    nik=who["nik"], provisional_id=who["provisional_id"])

@@ -102,8 +102,11 @@ def test_describe_lists_every_field():
 def test_topic_names_follow_the_prefix():
     names = settingsmod.topic_names(settingsmod.StackSettings.from_env({"AIDLEDGER_TOPIC_PREFIX": "lpg"}))
     assert names["ledger"] == "lpg.ledger.v1"
-    assert all(n.startswith("lpg.") for role, n in names.items() if role != "state")
+    group_owned = {"state", "households", "household_state"}
+    assert all(n.startswith("lpg.") for role, n in names.items() if role not in group_owned)
     assert names["state"] == "aidledger-lpg-ledger-state-changelog"
+    assert names["households"] == "aidledger-lpg-ledger-households"
+    assert names["household_state"] == "aidledger-lpg-ledger-household-changelog"
 
 
 def test_each_consumer_group_has_its_own_state_changelog():
@@ -112,6 +115,7 @@ def test_each_consumer_group_has_its_own_state_changelog():
     a = settingsmod.topic_names(settingsmod.StackSettings.from_env({"AIDLEDGER_CONSUMER_GROUP": "a"}))
     b = settingsmod.topic_names(settingsmod.StackSettings.from_env({"AIDLEDGER_CONSUMER_GROUP": "b"}))
     assert a["ledger"] == b["ledger"] and a["state"] != b["state"]
+    assert a["households"] != b["households"] and a["household_state"] != b["household_state"]
 
 
 def test_the_readme_lists_every_variable():
