@@ -324,6 +324,61 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def cmd_rules(args) -> int:
+    """check | show | history | activate FILE | simulate --rulebook FILE."""
+    import psycopg
+
+    from aidcore.rulebook import RulebookError, configured_rulebook, default_rulebook
+
+    reference = default_reference()
+    if args.action == "check":
+        if not args.file:
+            print("aidledger rules check: name the rulebook file", file=sys.stderr)
+            return 2
+        try:
+            book = configured_rulebook(args.file, reference)
+        except RulebookError as err:
+            print(f"aidledger: {err}", file=sys.stderr)
+            return 1
+        _dump(book.describe()) if args.json else print(f"{args.file}: rulebook {book.version} is valid "
+                                                       f"({len(book.enabled)} rules on)")
+        return 0
+    from connectors.rulebooks import activate, active_rulebook, activation_history
+    from schemas.topics import declared_topics
+
+    home = _home(args)
+    bootstrap, dsn = resolve_endpoints(home)
+    stack = _stack()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if args.action == "show":
+            book = active_rulebook(conn, reference)
+            _dump(book.describe()) if args.json else print(book.text or f"rulebook {book.version}")
+            return 0
+        if args.action == "history":
+            _dump(activation_history(conn))
+            return 0
+        source = args.rulebook or args.file
+        if not source:
+            print(f"aidledger rules {args.action}: name the rulebook file", file=sys.stderr)
+            return 2
+        try:
+            book = configured_rulebook(source, reference)
+        except RulebookError as err:
+            print(f"aidledger: {err}", file=sys.stderr)
+            return 1
+        ledger = declared_topics(stack)["ledger"]
+        if args.action == "activate":
+            done = activate(conn, book, ledger_topic=ledger.name, partitions=ledger.partitions,
+                            by=args.who or os.environ.get("USER", "operator"))
+            print(f"rulebook {book.version} {'is now in force' if done else 'was already in force'}")
+            return 0
+    from aidledger.simulate import render_table, simulate
+
+    report = simulate(bootstrap, ledger.name, ledger.partitions, book, default_rulebook(reference), reference)
+    _dump(report) if args.json else print(render_table(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aidledger", description="Event-sourced ledger for social assistance.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -357,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--who", help="recorded in the vault access log (default: the OS user)")
     p.add_argument("--why", default="trail", help="recorded in the vault access log")
+    p = add("rules", cmd_rules, "the detection rulebook: check a file, show the one in force, its history, "
+                                "activate a new one, or simulate one on history")
+    p.add_argument("action", choices=["check", "show", "history", "activate", "simulate"])
+    p.add_argument("file", nargs="?", help="rulebook file (check, activate)")
+    p.add_argument("--rulebook", help="the proposed rulebook file (simulate)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--who", help="recorded with an activation (default: the OS user)")
     add("status", cmd_status, "summary of the ledger as JSON")
     add("settings", cmd_settings, "every setting with its environment variable and default")
     p = add("bench", cmd_bench, "measure throughput and latency; results to bench/results/")
