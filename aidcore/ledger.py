@@ -181,11 +181,22 @@ def reversal_entry(event: Reversal, digests: bytes, original: Payment | None) ->
 
 
 def reversed_amounts(state: PersonState) -> dict[int, int]:
-    """Original key -> rupiah reversed so far."""
+    """Original key -> rupiah reversed so far. A reversal never takes more than what is left of
+    its original. Those accepted after their original were checked when they came (they have the
+    original's programme) and count first; those that waited for it count in order of reversal
+    time, and one that no longer fits counts for nothing, as if it had come after its original
+    (reversal_exceeds_original): a reversal of more than is left changes nothing, whether it came
+    before or after its original."""
+    found = [p for p in state.values() if p.original_key]
+    if not found:
+        return {}
     out: dict[int, int] = {}
-    for p in state.values():
-        if p.original_key:
-            out[p.original_key] = out.get(p.original_key, 0) + p.amount_idr
+    for p in sorted(found, key=lambda p: (not p.programme_code, p.disbursed_at_us, p.event_id)):
+        done = out.get(p.original_key, 0)
+        original = state.get(p.original_key)
+        if original is not None and done + p.amount_idr > original.amount_idr:
+            continue
+        out[p.original_key] = done + p.amount_idr
     return out
 
 
