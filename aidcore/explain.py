@@ -27,6 +27,8 @@ def _programme(code: str, reference: Reference) -> str:
 
 def _where(subject_kind: str, region_code: str, reference: Reference) -> str:
     who = "One household" if subject_kind == "HOUSEHOLD" else "One person"
+    if not region_code:  # a case a reversal changed in the person stage: the reversal names no village
+        return f"{who} (village not known to this event)"
     return f"{who} in {reference.regency_name(region_code)} (village {region_code})"
 
 
