@@ -132,6 +132,9 @@ def _exclusions(value: Any, programmes, path: str) -> tuple[tuple[str, frozenset
         programme = item.get("programme")
         if not isinstance(programme, str) or programme not in programmes:
             raise _fail(f"{where}.programme", f"names unknown programme {programme!r}")
+        if any(programme == earlier for earlier, _ in out):
+            # its cases would share one identity and one would hide the other
+            raise _fail(f"{where}.programme", f"{programme} is listed again; put all it excludes in one entry")
         excludes = _codes(item.get("excludes"), programmes, f"{where}.excludes", "programmes")
         if programme in excludes:
             raise _fail(f"{where}.excludes", f"{programme} cannot exclude itself")

@@ -130,6 +130,10 @@ ERRORS = {
                                    "rules.exclusive_programmes_household.exclusions[0].excludes"),
     "exclusion naming a list as its programme": (edited('{ programme = "BLT_DD"', '{ programme = ["BLT_DD"]'),
                                                  "rules.exclusive_programmes_household.exclusions[0].programme"),
+    "programme listed twice in exclusions": (edited(EXCLUSIONS, 'exclusions = [\n    { programme = "BLT_DD", '
+                                                               'excludes = ["PKH"] },\n    { programme = "BLT_DD", '
+                                                               'excludes = ["BPNT"] },\n]'),
+                                             "rules.exclusive_programmes_household.exclusions[1].programme"),
     "exclusions not a list": (edited(EXCLUSIONS, 'exclusions = "BLT_DD"'),
                               "rules.exclusive_programmes_household.exclusions"),
     "exclusion not a table": (edited(EXCLUSIONS, 'exclusions = ["BLT_DD"]'),
@@ -176,6 +180,12 @@ def test_a_repeated_rule_table_is_invalid_toml():
 def test_a_programme_excluding_itself_is_named_in_the_message():
     message = refused(edited('excludes = ["PKH", "BPNT"]', 'excludes = ["BLT_DD"]'))
     assert "BLT_DD cannot exclude itself" in message
+
+
+def test_two_exclusions_of_different_programmes_are_kept_apart():
+    text = edited(EXCLUSIONS, 'exclusions = [\n    { programme = "BLT_DD", excludes = ["PKH", "BPNT"] },\n'
+                              '    { programme = "CSR_PANGAN", excludes = ["BPNT"] },\n]')
+    assert parse(text).exclusions == (("BLT_DD", frozenset({"PKH", "BPNT"})), ("CSR_PANGAN", frozenset({"BPNT"})))
 
 
 def test_an_unknown_code_is_named_in_the_message():
