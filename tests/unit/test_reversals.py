@@ -22,16 +22,17 @@ from builders import (
     NOW_US,
     REGENCY_NAME,
     REGION_CODE,
-    STREAM_AMOUNTS,
     STREAM_MEMBERS,
-    STREAM_PERIODS,
-    STREAM_PROGRAMMES,
     apply,
     decide,
+    decide_stream,
     disbursement,
     keep_latest,
+    member_of,
     open_cases,
+    payment_specs,
     reversal,
+    settled_streams,
     shipped_rulebook,
     stream_payment,
     stream_reversal,
@@ -352,13 +353,6 @@ def test_a_payment_after_its_waiting_reversal_posts_its_net_amount_and_the_rever
 PROPERTY = settings(database=None, max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REVERSAL_AMOUNTS = (100_000, 200_000, 750_000, 1_500_000, 2_000_001)
 
-payment_specs = st.tuples(
-    st.integers(0, len(STREAM_MEMBERS) - 1),
-    st.integers(0, len(STREAM_PROGRAMMES) - 1),
-    st.sampled_from(STREAM_PERIODS),
-    st.sampled_from(STREAM_AMOUNTS),
-)
-
 
 @st.composite
 def mixed_streams(draw):
@@ -382,13 +376,6 @@ def mixed_streams(draw):
         if events:
             events.insert(draw(st.integers(0, len(events))), draw(st.sampled_from(events)))
     return events
-
-
-def member_of(event) -> int:
-    """Which of STREAM_MEMBERS an event of a stream is for."""
-    tokens = [stream_payment(0, m, 0, STREAM_PERIODS[0], STREAM_AMOUNTS[0]).person_token
-              for m in range(len(STREAM_MEMBERS))]
-    return tokens.index(event.person_token)
 
 
 def model(events):
@@ -438,73 +425,18 @@ def model(events):
     return out, sums
 
 
-def decide_in_batches(events, cuts, rulebook=None):
-    bounds = [0, *sorted(cuts), len(events)]
-    states: dict = {}
-    outs: list[str] = []
-    latest: dict = {}
-    postings = []
-    for a, b in zip(bounds, bounds[1:]):
-        result = decide(events[a:b], states, rulebook=rulebook)
-        states = apply(states, result)
-        outs += result.outcomes
-        keep_latest(latest, result.alerts.values())
-        postings += result.postings
-    return states, outs, latest, postings
-
-
 @PROPERTY
 @given(st.data())
 def test_totals_are_the_accepted_payments_less_the_reversals_that_apply(data):
     events = data.draw(mixed_streams())
     cuts = data.draw(st.lists(st.integers(0, len(events)), max_size=3))
-    states, outs, _, _ = decide_in_batches(events, cuts)
+    states, outs, _, _ = decide_stream(events, cuts)
     expected_outcomes, expected_totals = model(events)
     assert outs == expected_outcomes
     assert {token: totals(state) for token, state in states.items() if totals(state)} == {
         token: t for token, t in expected_totals.items() if t}
     for state in states.values():
         assert all(amount >= 0 for amount, _ in totals(state).values())
-
-
-@st.composite
-def settled_streams(draw):
-    """Payments and reversals whose final effect cannot depend on order: per payment, the
-    reversals that fit together, plus some that exceed it on their own (refused or left waiting in
-    every order); reversals of waiting-or-applied reversals; reversals of payments that never
-    come. Returns (events in a canonical order, the same events reordered with redeliveries)."""
-    payments = [stream_payment(n, *spec) for n, spec in enumerate(draw(st.lists(payment_specs, max_size=10)))]
-    reversals = []
-    n = 0
-    for payment in payments:
-        member = member_of(payment)
-        room = payment.amount_idr
-        for _ in range(draw(st.integers(0, 2))):
-            if draw(st.booleans()):
-                amount = draw(st.integers(1, 4)) * room // 4
-                if amount == 0:
-                    continue
-                room -= amount
-            else:
-                amount = payment.amount_idr + draw(st.sampled_from((1, 250_000)))
-            reversals.append(stream_reversal(n, member, payment.source_ref, amount))
-            n += 1
-    fitting = [r for r in reversals if any(p.source_ref == r.original_source_ref and r.amount_idr <= p.amount_idr
-                                           for p in payments)]
-    for _ in range(draw(st.integers(0, 2))):
-        if fitting:
-            original = draw(st.sampled_from(fitting))
-            reversals.append(stream_reversal(n, member_of(original), original.source_ref, 100_000))
-            n += 1
-    for _ in range(draw(st.integers(0, 2))):
-        reversals.append(stream_reversal(n, draw(st.integers(0, len(STREAM_MEMBERS) - 1)), f"P-NEVER-{n}", 100_000))
-        n += 1
-    canonical = payments + reversals
-    reordered = list(draw(st.permutations(canonical)))
-    for _ in range(draw(st.integers(0, 6))):
-        if reordered:
-            reordered.insert(draw(st.integers(0, len(reordered))), draw(st.sampled_from(reordered)))
-    return canonical, reordered
 
 
 def settled(states):
@@ -528,7 +460,7 @@ def test_any_order_and_any_redelivery_settle_to_the_same_state_and_open_cases(da
     canonical, reordered = data.draw(settled_streams())
     cuts = data.draw(st.lists(st.integers(0, len(reordered)), max_size=4))
     book = shipped_rulebook()
-    states_a, _, latest_a, _ = decide_in_batches(canonical, [], rulebook=book)
-    states_b, _, latest_b, _ = decide_in_batches(reordered, cuts, rulebook=book)
+    states_a, _, latest_a, _ = decide_stream(canonical, rulebook=book)
+    states_b, _, latest_b, _ = decide_stream(reordered, cuts, rulebook=book)
     assert settled(states_b) == settled(states_a)
     assert open_cases(latest_b) == open_cases(latest_a)
