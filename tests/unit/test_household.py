@@ -10,7 +10,7 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aidcore import household
+from aidcore import explain, household
 from aidcore import rulebook as rb
 from aidcore.ledger import alert_id, event_id_bytes, totals
 from builders import (
@@ -318,6 +318,11 @@ def test_no_household_is_over_the_cap_without_an_open_cap_case_and_none_under_it
     expected = {alert_id(rb.HOUSEHOLD_CAP, token, period, ""): total - cap
                 for (token, period), total in held.items() if total > cap}
     assert {i: a.amount_idr_at_stake for i, a in open_caps.items()} == expected
+    for a in latest.values():
+        assert (a.rulebook_version, a.subject_kind) == (BOOK.version, "HOUSEHOLD")
+        assert a.rule_id in rb.HOUSEHOLD_RULES
+        assert f"{REGENCY_NAME} (village {REGION_CODE})" in a.message
+        assert all(explain.describe_line(line) in a.message for line in a.lines)
     for a in open_caps.values():
         assert a.amount_idr_total == held[(a.subject_token, a.period)]
 

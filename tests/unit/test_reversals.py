@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aidcore import outcomes
+from aidcore import rulebook as rb
 from aidcore.ledger import (
     RULE_DUPLICATE_PERSON,
     RULE_MODIFIED_RESUBMISSION,
@@ -464,3 +465,6 @@ def test_any_order_and_any_redelivery_settle_to_the_same_state_and_open_cases(da
     states_b, _, latest_b, _ = decide_stream(reordered, cuts, rulebook=book)
     assert settled(states_b) == settled(states_a)
     assert open_cases(latest_b) == open_cases(latest_a)
+    for alert in latest_b.values():
+        assert (alert.rulebook_version, alert.subject_kind) == (book.version, "PERSON")
+        assert alert.rule_id in (RULE_DUPLICATE_PERSON, rb.STACKING_PERSON)
