@@ -112,6 +112,9 @@ class BatchResult:
     outcomes: list[str] = field(default_factory=list)  # one per input event, same order
     alerts: dict[str, Alert] = field(default_factory=dict)  # by alert_id, latest revision wins
     postings: list["Posting"] = field(default_factory=list)  # for the household stage, in decision order
+    # pending reversals the batch settled against their original without applying them:
+    # (person token, the reversal's key, outcome); they are gone from `changed`
+    dropped: list[tuple[str, int, str]] = field(default_factory=list)
 
 
 def alert_id(rule_id: str, subject_token: str, period: str, fingerprint: str) -> str:
@@ -303,6 +306,8 @@ def decide_batch(
         state[key] = payment
         changed[token] = state
         result.outcomes.append(outcomes.ACCEPTED)
+        if len(state) > 1:
+            _drop_unfitting(state, key, payment.amount_idr, token, result)
         reversed_by = reversed_amounts(state) if len(state) > 1 else None
         net = event.amount_idr - (reversed_by or {}).get(key, 0)
         result.postings.append(Posting(
@@ -321,11 +326,36 @@ def decide_batch(
     return result
 
 
+def _drop_unfitting(state: dict, key: int, amount: int, token: str, result: BatchResult) -> None:
+    """The original under `key` just arrived: reversals that waited for it apply in order of
+    reversal time while they fit; one that no longer fits is dropped (reversal_exceeds_original),
+    exactly as if it had come after its original."""
+    waiting = sorted(((k, p) for k, p in state.items() if p.original_key == key),
+                     key=lambda kp: (kp[1].disbursed_at_us, kp[1].event_id))
+    left = amount
+    for k, p in waiting:
+        if p.amount_idr <= left:
+            left -= p.amount_idr
+        else:
+            del state[k]
+            result.dropped.append((token, k, "reversal_exceeds_original"))
+
+
+def _drop_reversals_of(state: dict, key: int, token: str, result: BatchResult) -> None:
+    """A reversal was just recorded under `key`: reversals that waited for an original under that
+    key name a reversal, so they are dropped (reversal_of_a_reversal)."""
+    for k, p in list(state.items()):
+        if p.original_key == key and k != key:
+            del state[k]
+            result.dropped.append((token, k, "reversal_of_a_reversal"))
+
+
 def _decide_reversal(event: Reversal, key: int, digests: bytes, state: dict, token: str, result: BatchResult,
                      rulebook: Rulebook, reference: Reference, now_us: int) -> None:
     original_key = idem_key(event.original_source_system, event.original_source_ref)
     original = state.get(original_key)
     if original is None:
+        _drop_reversals_of(state, key, token, result)
         state[key] = reversal_entry(event, digests, None)
         result.changed[token] = state
         result.outcomes.append(outcomes.REVERSAL_PENDING)
@@ -339,6 +369,7 @@ def _decide_reversal(event: Reversal, key: int, digests: bytes, state: dict, tok
         return
     before = {(c.rule_id, c.fingerprint): c for c in person_cases(live_entries(state, original.period, reversed_by),
                                                                      rulebook)}
+    _drop_reversals_of(state, key, token, result)
     state[key] = reversal_entry(event, digests, original)
     result.changed[token] = state
     result.outcomes.append(outcomes.ACCEPTED)

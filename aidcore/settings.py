@@ -67,6 +67,7 @@ class WorkerSettings(_Group):
     batch_max: int = _setting("AIDLEDGER_WORKER_BATCH_MAX", 5000, "most records one fetch hands to the ledger processor")
     session_timeout_s: float = _setting("AIDLEDGER_WORKER_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout (Tansu holds a join for half of it)")
     commit_interval_s: float = _setting("AIDLEDGER_WORKER_COMMIT_INTERVAL_S", 1.0, "how often consumed offsets are committed")
+    expiry_interval_s: float = _setting("AIDLEDGER_WORKER_EXPIRY_INTERVAL_S", 5.0, "how often reversals still waiting for their original are checked against the rulebook's wait")
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,13 @@ from typing import Callable, Iterable
 
 import psycopg
 
-from aidcore.intake import Accepted, Rejection, validate_record
+from aidcore.intake import Accepted, AcceptedReversal, Rejection, Reversal, validate_any
 from aidcore.ledger import (
     RULE_MODIFIED_RESUBMISSION,
     Payment,
     Rulebook,
     event_id_bytes,
+    idem_key,
     modified_resubmission_alert,
     payment_of,
     resubmission_outcome,
@@ -175,7 +176,7 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
         if isinstance(raw, RowError):
             reject(number, raw, raw.code, None, raw.message)
             continue
-        outcome = validate_record(raw, reference=reference, token_key=token_key, now_us=now_us)
+        outcome = validate_any(raw, reference=reference, token_key=token_key, now_us=now_us)
         if isinstance(outcome, Rejection):
             reject(number, raw, outcome.code, outcome.field, outcome.message)
         else:
@@ -190,14 +191,15 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
             outbox_rows, new_keys, identities, households = [], [], {}, {}
             by_event: dict[str, tuple[str, int]] = {}
             for number, acc in candidates:
-                d = acc.disbursement
+                d = _event(acc)
                 key = (d.source_system, d.source_ref)
                 original = known.get(key)
                 if original is not None and original.event_id == d.event_id:
                     report.redelivered += 1
                     continue
                 if original is not None and original.person_token != d.person_token:
-                    code = resubmission_outcome(original.event_id, original.digests, d)
+                    code = resubmission_outcome(original.event_id, original.digests, d,
+                                                original_is_reversal=original.payment.is_reversal)
                     reject(number, raws[number], code, "nik",
                            f"{d.source_system} reference {d.source_ref} was already recorded for another person")
                     if RULE_MODIFIED_RESUBMISSION in rulebook.enabled:
@@ -205,6 +207,15 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
                                                             reference, now_us)
                         outbox_rows.append((_alert_row_id(alert), alerts_topic, alert.subject_token.encode(),
                                             codec.encode_alert(alert), _ts(now_us)))
+                    continue
+                if isinstance(d, Reversal):
+                    if original is None:
+                        known[key] = _KnownKey(d.event_id, d.person_token, d.digests(), _reversal_payment(d))
+                        new_keys.append((d.source_system, d.source_ref, d.event_id, d.person_token, d.digests(), "",
+                                         "", d.amount_idr, d.reversed_at_us, "", ""))
+                    outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(), codec.encode_reversal(d),
+                                        _ts(d.recorded_at_us)))
+                    by_event[d.event_id] = (REVERSALS, -d.amount_idr)
                     continue
                 if original is None:
                     digests = d.digests()
@@ -285,11 +296,24 @@ class _KnownKey:
     payment: Payment
 
 
+REVERSALS = "(reversals)"  # the intake report's line for reversals: count and rupiah taken back
+
+
+def _event(acc: Accepted | AcceptedReversal):
+    return acc.disbursement if isinstance(acc, Accepted) else acc.reversal
+
+
+def _reversal_payment(r: Reversal) -> Payment:
+    """How intake remembers a reversal's key: no programme, and a non-zero original key."""
+    return Payment(event_id_bytes(r.event_id), "", "", r.amount_idr, r.digests(), r.reversed_at_us, "", b"",
+                   idem_key(r.original_source_system, r.original_source_ref))
+
+
 def _known_keys(cur, candidates) -> dict[tuple[str, str], _KnownKey]:
     if not candidates:
         return {}
-    systems = [acc.disbursement.source_system for _, acc in candidates]
-    refs = [acc.disbursement.source_ref for _, acc in candidates]
+    systems = [_event(acc).source_system for _, acc in candidates]
+    refs = [_event(acc).source_ref for _, acc in candidates]
     cur.execute(
         "SELECT k.source_system, k.source_ref, k.event_id::text, k.person_token, k.digests, k.programme_code, k.period,"
         " k.amount_idr, k.disbursed_at_us, k.region_code, k.source_type FROM ledger.intake_keys k"
@@ -299,9 +323,10 @@ def _known_keys(cur, candidates) -> dict[tuple[str, str], _KnownKey]:
     out = {}
     for system, ref, event_id, token, digests, programme, period, amount, at_us, region, source_type in cur.fetchall():
         digests = bytes(digests)
+        # a reversal's key row has no programme; its original key is not kept, so 1 marks it
         out[(system, ref)] = _KnownKey(event_id, token, digests,
                                        Payment(event_id_bytes(event_id), programme, period, amount, digests, at_us,
-                                               source_type))
+                                               source_type, b"", 0 if programme else 1))
     return out
 
 

@@ -9,18 +9,19 @@ restarts it and the events are read again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from collections import Counter
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import faust
 
 from aidcore import outcomes
 from aidcore.household import decide_household_batch
 from aidcore.intake import Disbursement
-from aidcore.ledger import decide_batch
+from aidcore.ledger import decide_batch, idem_key, pending_reversals
 from aidcore.rulebook import Rulebook, RulebookError, default_rulebook, parse_rulebook
 from aidcore.reference import Reference, default_reference
 from aidcore.settings import StackSettings, WorkerSettings, consumer_group
@@ -28,7 +29,7 @@ from schemas import codec
 from schemas.topics import declared_topics
 from streams import metrics
 from streams.household import HouseholdState, household_partition
-from streams.state import LedgerState, delta_records, store, view
+from streams.state import LedgerState, delta_records, removal, store, view
 from streams.transport import LedgerApp
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,18 @@ _DETAILS = {
     "": "same source reference, different content",
     "reversal_exceeds_original": "the reversal takes back more than what is left of its original",
     "reversal_of_a_reversal": "the named original is itself a reversal",
+    "reversal_original_unknown": "the original payment did not arrive within the rulebook's wait",
 }
+
+
+class _Position(NamedTuple):
+    """Where a ledger value sits, for a dead letter of a value that is not in the current batch."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
 
 
 class _Step:
@@ -101,6 +113,7 @@ class LedgerProcessor:
         self.households = HouseholdState(bootstrap_of(stack), self.household_state_topic, reference,
                                          self.default_rulebook, stack.fetch_max_wait_ms)
         self._books: dict[str, Rulebook] = {self.default_rulebook.digest: self.default_rulebook}
+        self._lock = asyncio.Lock()  # a batch and the expiry of waiting reversals never interleave
 
     def rulebook(self, partition: int) -> Rulebook:
         """The rulebook in force on a ledger partition: its latest activation, else the default."""
@@ -114,6 +127,10 @@ class LedgerProcessor:
 
     async def process_batch(self, batch: Mapping[Any, list]) -> None:
         """One fetched batch: {TopicPartition: [ConsumerRecord, ...]} of the ledger and households topics."""
+        async with self._lock:
+            await self._process_batch(batch)
+
+    async def _process_batch(self, batch: Mapping[Any, list]) -> None:
         started = time.perf_counter()
         ledger = {tp: r for tp, r in batch.items() if tp.topic == self.ledger_topic}
         households = {tp: r for tp, r in batch.items() if tp.topic == self.households_topic}
@@ -124,6 +141,45 @@ class LedgerProcessor:
             await self._person_partition(tp, records, step)
         for tp, records in households.items():
             await self._household_partition(tp, records, step)
+        await self._persist(step)
+        self.state.added(step.outcome_counts[outcomes.ACCEPTED])
+        step.report(self.state, self.households)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def expire_pending(self) -> int:
+        """Reversals that waited longer than the rulebook's wait for their original: dead-lettered
+        as reversal_original_unknown and removed from the state (through the changelog), so a
+        replay of them after a fix is decided again. Returns how many."""
+        async with self._lock:
+            step = _Step(_now_us())
+            for partition, waiting in list(self.state.pending.items()):
+                if partition not in self.state.partitions:
+                    continue
+                wait_us = self.rulebook(partition).reversal_wait_s * 1_000_000
+                expired = [(token, key, value, offset) for (token, key), (value, offset) in waiting.items()
+                           if codec.decode_reversal(value).recorded_at_us + wait_us <= step.now_us]
+                if not expired:
+                    continue
+                changed, removed = {}, []
+                people = view(self.state.partitions[partition], {t for t, _, _, _ in expired})
+                for token, key, value, offset in expired:
+                    person = changed.setdefault(token, dict(people.get(token, {})))
+                    person.pop(key, None)
+                    removed.append(removal(token, key))
+                    step.sends.append(await self._dead_letter(
+                        _Position(self.ledger_topic, partition, offset, token.encode(), value),
+                        "reversal_original_unknown", "the original payment did not arrive within the rulebook's wait"))
+                    step.outcome_counts["reversal_original_unknown"] += 1
+                    del waiting[(token, key)]
+                step.deltas.append((partition, delta_records(partition, -1, [], [], removed), changed))
+            if step.deltas:
+                await self._persist(step)
+                step.report(self.state, self.households)
+            return sum(step.outcome_counts.values())
+
+    async def _persist(self, step: "_Step") -> None:
+        """Sends first (alerts, dead letters, postings), then the changelogs; only then does the
+        live state change. A failure exits the process: nothing unpersisted is ever acked."""
         try:
             for fut in step.sends:
                 await fut
@@ -147,9 +203,6 @@ class LedgerProcessor:
             store(self.state.partitions[partition], changed)
         for partition, changed in step.household_changes:
             self.households.partitions[partition].update(changed)
-        self.state.added(step.outcome_counts[outcomes.ACCEPTED])
-        step.report(self.state, self.households)
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def _person_partition(self, tp, records: list, step: "_Step") -> None:
         partition = tp.partition
@@ -158,6 +211,8 @@ class LedgerProcessor:
         if hw is not None:
             metrics.LAG.labels(str(partition)).set(max(0, hw - offset_end))
         accepted_values: list[bytes] = []
+        offsets: list[int] = []
+        removed: list[bytes] = []
         changed: dict = {}
         run: list = []
         run_records: list = []
@@ -166,15 +221,17 @@ class LedgerProcessor:
                 step.sends.append(await self._dead_letter(record, item.code, str(item)))
                 step.outcome_counts[item.code] += 1
             elif isinstance(item, codec.RulebookActivation):
-                await self._decide_run(partition, run, run_records, accepted_values, changed, step)
+                await self._decide_run(partition, run, run_records, accepted_values, offsets, removed, changed, step)
                 run, run_records = [], []
                 await self._activate(partition, record, item, accepted_values, step)
+                offsets.append(record.offset)
             else:
                 run.append(item)
                 run_records.append(record)
-        await self._decide_run(partition, run, run_records, accepted_values, changed, step)
-        if accepted_values:
-            step.deltas.append((partition, delta_records(partition, offset_end, accepted_values), changed))
+        await self._decide_run(partition, run, run_records, accepted_values, offsets, removed, changed, step)
+        if accepted_values or removed:
+            step.deltas.append((partition, delta_records(partition, offset_end, accepted_values, offsets, removed),
+                                changed))
 
     async def _activate(self, partition: int, record, activation: "codec.RulebookActivation", accepted_values: list,
                         step: "_Step") -> None:
@@ -195,8 +252,8 @@ class LedgerProcessor:
         metrics.RULEBOOK_ACTIVATIONS.labels(book.version).inc()
         log.info("rulebook %s in force on ledger partition %d", book.version, partition)
 
-    async def _decide_run(self, partition: int, events: list, records: list, accepted_values: list, changed: dict,
-                          step: "_Step") -> None:
+    async def _decide_run(self, partition: int, events: list, records: list, accepted_values: list, offsets: list,
+                          removed: list, changed: dict, step: "_Step") -> None:
         if not events:
             return
         book = self.rulebook(partition)
@@ -204,10 +261,15 @@ class LedgerProcessor:
         people.update(changed)
         result = decide_batch(people, events, rulebook=book, reference=self.reference, now_us=step.now_us)
         changed.update(result.changed)
+        waiting = self.state.pending.setdefault(partition, {})
         for i, (record, event, outcome) in enumerate(zip(records, events, result.outcomes)):
             step.outcome_counts[outcome] += 1
             if outcome == outcomes.ACCEPTED or outcome == outcomes.REVERSAL_PENDING:
                 accepted_values.append(record.value)
+                offsets.append(record.offset)
+                if outcome == outcomes.REVERSAL_PENDING:
+                    waiting[(event.person_token, idem_key(event.source_system, event.source_ref))] = (record.value,
+                                                                                                      record.offset)
                 if isinstance(event, Disbursement):
                     step.accepted_by[(event.source_type, event.programme_code)] += 1
                     step.idr_by[event.programme_code] += event.amount_idr
@@ -215,6 +277,18 @@ class LedgerProcessor:
                     step.latencies.append((step.now_us - event.recorded_at_us) / 1e6)
             elif outcome != outcomes.EXISTS:
                 step.sends.append(await self._dead_letter(record, outcome, _DETAILS.get(outcome, _DETAILS[""])))
+        for token, key, outcome in result.dropped:
+            value, offset = waiting.pop((token, key), (None, -1))
+            removed.append(removal(token, key))
+            step.outcome_counts[outcome] += 1
+            if value is not None:
+                step.sends.append(await self._dead_letter(_Position(self.ledger_topic, partition, offset,
+                                                                    token.encode(), value), outcome, _DETAILS[outcome]))
+        if waiting:  # reversals that waited and now apply: no longer waiting
+            for token in {t for t, _ in waiting} & result.changed.keys():
+                still = pending_reversals(result.changed[token])
+                for entry in [k for k in waiting if k[0] == token and k[1] not in still]:
+                    del waiting[entry]
         for alert in result.alerts.values():
             step.sends.append(await self._send_alert(alert))
         by_partition: dict[int, list] = {}
@@ -312,6 +386,10 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
     for name in (processor.ledger_topic, processor.households_topic):
         app.topics.add(app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                                  partitions=stack.partitions))
+
+    @app.timer(worker.expiry_interval_s)
+    async def expire_pending() -> None:
+        await processor.expire_pending()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs):

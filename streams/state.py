@@ -99,26 +99,41 @@ def store(state: PartitionState, changed: Mapping[str, Mapping[int, Payment]]) -
 DELTA_MAX_BYTES = 512 * 1024  # well under the 1 MiB default message size of brokers and producers
 
 
-def delta_records(partition: int, offset_end: int, accepted: list[bytes]) -> list[dict]:
-    """AcceptedEvents changelog records holding the ledger values a batch accepted on a partition,
-    split so that no record comes near a broker's message-size limit."""
-    records, chunk, size = [], [], 0
-    for value in accepted:
+def delta_records(partition: int, offset_end: int, accepted: list[bytes], offsets: list[int] | None = None,
+                  removed: list[bytes] = ()) -> list[dict]:
+    """AcceptedEvents changelog records holding the ledger values a batch accepted on a partition
+    (with their ledger offsets) and the entries it removed, split so that no record comes near a
+    broker's message-size limit."""
+    offsets = offsets if offsets is not None else [-1] * len(accepted)
+    records, chunk, where, size = [], [], [], 0
+    for value, offset in zip(accepted, offsets):
         if chunk and size + len(value) > DELTA_MAX_BYTES:
-            records.append(chunk)
-            chunk, size = [], 0
+            records.append((chunk, where))
+            chunk, where, size = [], [], 0
         chunk.append(value)
-        size += len(value) + 4
-    if chunk:
-        records.append(chunk)
-    return [{"source_partition": partition, "source_offset_end": offset_end, "events": c, "removed": []}
-            for c in records]
+        where.append(offset)
+        size += len(value) + 12
+    if chunk or removed:
+        records.append((chunk, where))
+    out = [{"source_partition": partition, "source_offset_end": offset_end, "events": c, "offsets": w, "removed": []}
+           for c, w in records]
+    if removed:
+        out[-1]["removed"] = list(removed)
+    return out
 
 
-def apply_delta(state: PartitionState, record: dict, rulebooks: list | None = None) -> int:
+def removal(token: str, key: int) -> bytes:
+    """A `removed` entry of a changelog record: person token bytes, then the 8-byte key."""
+    return token_key(token) + key.to_bytes(8, "big")
+
+
+def apply_delta(state: PartitionState, record: dict, rulebooks: list | None = None, reversals: dict | None = None) -> int:
     """Replay one changelog record into `state`; returns the ledger values applied. Rulebook
-    activations in it are appended to `rulebooks` (the last one is the partition's rulebook)."""
+    activations in it are appended to `rulebooks` (the last one is the partition's rulebook);
+    reversals go into `reversals` as {(token, key): (value, ledger offset)}, for the worker's index
+    of those still waiting for their original."""
     values = codec.decode_ledger_values(record["events"])
+    offsets = record.get("offsets") or [-1] * len(values)
     added: dict[bytes, bytearray] = {}
 
     def blob_of(key: bytes) -> bytearray:
@@ -127,7 +142,7 @@ def apply_delta(state: PartitionState, record: dict, rulebooks: list | None = No
             blob = added[key] = bytearray(state.get(key, b""))
         return blob
 
-    for d in values:
+    for d, value, offset in zip(values, record["events"], offsets):
         if isinstance(d, codec.CodecError):  # pragma: no cover - the worker wrote only values it decoded
             raise d
         if isinstance(d, codec.RulebookActivation):
@@ -138,7 +153,10 @@ def apply_delta(state: PartitionState, record: dict, rulebooks: list | None = No
         blob = blob_of(key)
         if isinstance(d, Reversal):
             original = unpack(bytes(blob)).get(idem_key(d.original_source_system, d.original_source_ref))
-            blob += pack({idem_key(d.source_system, d.source_ref): reversal_entry(d, d.digests(), original)})
+            own = idem_key(d.source_system, d.source_ref)
+            blob += pack({own: reversal_entry(d, d.digests(), original)})
+            if reversals is not None:
+                reversals[(d.person_token, own)] = (value, offset)
         else:
             blob += pack({idem_key(d.source_system, d.source_ref): payment_of(d, d.digests())})
     for removed in record.get("removed", ()):
@@ -152,6 +170,21 @@ def apply_delta(state: PartitionState, record: dict, rulebooks: list | None = No
         else:
             state.pop(key, None)
     return len(values)
+
+
+def waiting_reversals(state: PartitionState, reversals: dict) -> dict:
+    """Of the reversals a changelog held, those whose original is still not in the state."""
+    out = {}
+    people: dict[str, dict] = {}
+    for (token, key), where in reversals.items():
+        person = people.get(token)
+        if person is None:
+            blob = state.get(token_key(token))
+            person = people[token] = unpack(blob) if blob else {}
+        entry = person.get(key)
+        if entry is not None and entry.original_key not in person:
+            out[(token, key)] = where
+    return out
 
 
 FREEZE_EVERY = 50_000
@@ -170,6 +203,8 @@ class LedgerState:
         self.state_topic = state_topic
         self.partitions: dict[int, PartitionState] = {}
         self.rulebooks: dict[int, codec.RulebookActivation] = {}  # the latest activation per partition
+        # reversals waiting for their original, per partition: {(token, key): (value, ledger offset)}
+        self.pending: dict[int, dict[tuple[str, int], tuple[bytes, int]]] = {}
         self._loading: dict[int, asyncio.Task] = {}
         self._since_freeze = 0
 
@@ -187,6 +222,7 @@ class LedgerState:
         for p in partitions:
             self.partitions.pop(p, None)
             self.rulebooks.pop(p, None)
+            self.pending.pop(p, None)
             task = self._loading.pop(p, None)
             if task is not None:
                 task.cancel()
@@ -209,10 +245,12 @@ class LedgerState:
         state: PartitionState = {}
         decoder = codec.codec(codec.STATE_DELTA)
         activations: list = []
+        reversals: dict = {}
         deltas = await replay_partition(self.bootstrap, self.state_topic, partition,
-                                        lambda value: apply_delta(state, decoder.decode(value), activations),
+                                        lambda value: apply_delta(state, decoder.decode(value), activations, reversals),
                                         self.fetch_max_wait_ms)
         self.partitions[partition] = state
+        self.pending[partition] = waiting_reversals(state, reversals)
         if activations:
             self.rulebooks[partition] = activations[-1]
         self._loading.pop(partition, None)

@@ -252,7 +252,8 @@ def state_delta_record(events: Sequence[Disbursement] = (), *, partition: int = 
     events = list(events) or [disbursement(), disbursement(source_ref="REF-2", period="2026-05")]
     result = decide(events)
     accepted = [codec.encode_disbursement(e) for e, outcome in zip(events, result.outcomes) if outcome == "accepted"]
-    return {"source_partition": partition, "source_offset_end": offset_end, "events": accepted, "removed": []}
+    return {"source_partition": partition, "source_offset_end": offset_end, "events": accepted, "offsets": [],
+            "removed": []}
 
 
 

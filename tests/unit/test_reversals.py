@@ -379,12 +379,22 @@ def mixed_streams(draw):
     return events
 
 
+def _drop_waiting_for(seen, waiting, key) -> None:
+    """A reversal is being recorded under `key`: reversals waiting for an original there are
+    reversing a reversal, and are dropped."""
+    token = key[0]
+    for r in waiting.pop(key, []):
+        seen.pop((token, r.source_ref), None)
+
+
 def model(events):
     """From first principles, per person: the first event under a key is decided, later ones with
     the same event id are `exists`. A payment is accepted. A reversal of a payment takes its amount
     off what is left of it if it fits (else reversal_exceeds_original, and it is not kept); of a
     reversal it is refused; of an unknown key it waits, and when the original comes the waiting
-    reversals apply in order of reversal time as long as they fit. Returns the outcomes and
+    reversals apply in order of reversal time as long as they fit; one that does not fit is
+    dropped (so a redelivery of it is decided again), and so are those waiting for a key that
+    turns out to be a reversal. Returns the outcomes and
     {person: {(programme, period): (amount left, payments)}}."""
     seen: dict[tuple[str, str], object] = {}
     left: dict[tuple[str, str], int] = {}
@@ -402,11 +412,14 @@ def model(events):
             for r in sorted(waiting.pop(key, []), key=lambda r: (r.reversed_at_us, event_id_bytes(r.event_id))):
                 if r.amount_idr <= left[key]:
                     left[key] -= r.amount_idr
+                else:
+                    del seen[(token, r.source_ref)]
             out.append(ACCEPTED)
             continue
         original_key = (token, e.original_source_ref)
         original = seen.get(original_key)
         if original is None:
+            _drop_waiting_for(seen, waiting, key)
             seen[key] = e
             waiting[original_key].append(e)
             out.append(PENDING)
@@ -415,6 +428,7 @@ def model(events):
         elif e.amount_idr > left[original_key]:
             out.append("reversal_exceeds_original")
         else:
+            _drop_waiting_for(seen, waiting, key)
             seen[key] = e
             left[original_key] -= e.amount_idr
             out.append(ACCEPTED)
