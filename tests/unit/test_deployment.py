@@ -26,7 +26,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from aidcore.settings import ALL_GROUPS, StackSettings
+from aidcore.settings import ALL_GROUPS, RelaySettings, StackSettings, WorkerSettings
 from aidledger import deploy
 from aidledger.cli import build_parser
 from schemas.topics import declared_topics
@@ -592,6 +592,6 @@ def test_every_scrape_target_is_a_service_of_the_stack():
 
 
 def test_metrics_port_follows_the_settings():
-    assert deploy.metrics_port("worker", {}) == 9601
+    assert deploy.metrics_port("worker", {}) == WorkerSettings().metrics_port
+    assert deploy.metrics_port("relay", {}) == RelaySettings().metrics_port
     assert deploy.metrics_port("project", {"AIDLEDGER_PROJECTOR_METRICS_PORT": "9700"}) == 9700
-    assert deploy.metrics_port("relay", {}) == 9612
