@@ -472,6 +472,20 @@ def test_every_alert_rule_uses_only_metrics_and_labels_of_the_code(rule, registr
     assert rule["annotations"]["summary"]
 
 
+def test_the_alert_rule_tests_feed_series_the_code_defines(registry):
+    """alerts_test.yml (run by promtool) proves nothing about the real metrics if its input series
+    are named differently: they must be metrics and labels of the code too."""
+    spec = load_yaml(MONITORING / "alerts_test.yml")
+    assert spec["rule_files"] == ["alerts.yml"]
+    tested = set()
+    for case in spec["tests"]:
+        for series in case["input_series"]:
+            problems = promql_problems(series["series"], registry)
+            assert not problems, f"{series['series']}: {problems}"
+        tested |= {test["alertname"] for test in case.get("alert_rule_test", [])}
+    assert tested <= {rule["alert"] for rule in alert_rules()}, "tests of alerts that do not exist"
+
+
 def test_the_alert_rules_cover_stalls_lag_dead_letters_and_duplicate_spikes():
     names = {rule["alert"] for rule in alert_rules()}
     assert {"AidledgerWorkersStalled", "AidledgerConsumerLagGrowing", "AidledgerDeadLetterRateHigh",
