@@ -1,15 +1,18 @@
-"""`python -m aidledger.deploy topics` (the topic job of infra/deploy/compose.yaml) against a real
-Kafka-protocol broker: it creates the declared topics with their partition counts, is a no-op
-when they exist, and fails when existing topics differ from the declaration."""
+"""The steps of `python -m aidledger.deploy` (the jobs and health checks of
+infra/deploy/compose.yaml) against a real broker, PostgreSQL and metrics endpoint: `topics`
+creates the declared topics with their partition counts, is a no-op when they exist, and fails
+when existing topics differ from the declaration; `migrate` applies the migrations once; `health`
+tells whether a process answers on its metrics port."""
 
 from __future__ import annotations
 
 import pytest
 from kafka.admin import KafkaAdminClient
+from prometheus_client import start_http_server
 
 from aidcore.settings import StackSettings
 from aidledger import deploy
-from infra.embedded import free_port, start_broker
+from infra.embedded import free_port, start_broker, start_postgres
 from schemas.topics import declared_topics
 
 pytestmark = pytest.mark.integration
@@ -40,3 +43,27 @@ def test_the_topic_step_creates_the_declared_topics_and_refuses_drift(tmp_path, 
         assert all(f"{s.name}: 3 partitions, declared 5" in err for s in specs.values()), err
     finally:
         broker.stop()
+
+
+def test_the_migrate_step_applies_the_migrations_once(tmp_path, capsys):
+    postgres = start_postgres(tmp_path, free_port(), database="deploy_steps")
+    try:
+        env = {"AIDLEDGER_DATABASE_URL": postgres.endpoint}
+        assert deploy.main(["migrate"], environ=env) == 0
+        assert "001_ledger.sql" in capsys.readouterr().out
+        assert deploy.main(["migrate"], environ=env) == 0
+        assert "nothing (up to date)" in capsys.readouterr().out
+    finally:
+        postgres.stop()
+
+
+def test_the_health_step_answers_whether_the_metrics_endpoint_does():
+    port = free_port()
+    env = {"AIDLEDGER_RELAY_METRICS_PORT": str(port)}
+    assert deploy.main(["health", "relay"], environ=env) == 1
+    server, thread = start_http_server(port, addr="127.0.0.1")
+    try:
+        assert deploy.main(["health", "relay"], environ=env) == 0
+    finally:
+        server.shutdown()
+        thread.join(5)
