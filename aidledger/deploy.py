@@ -6,6 +6,7 @@ process is its own service and the one-shot steps are jobs, so this module offer
 
     python -m aidledger.deploy topics         create the declared topics, then check them
     python -m aidledger.deploy migrate        apply the PostgreSQL migrations
+    python -m aidledger.deploy rulebook       put AIDLEDGER_RULEBOOK in force, unless it already is
     python -m aidledger.deploy metrics-port worker|project|relay
     python -m aidledger.deploy health worker|project|relay
 
@@ -91,6 +92,32 @@ def cmd_migrate(environ: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_rulebook(environ: Mapping[str, str]) -> int:
+    """What `aidledger up` does at start: the configured rulebook (AIDLEDGER_RULEBOOK, else the
+    packaged default) becomes the one in force unless it already is, as an activation event on
+    every ledger partition through the outbox."""
+    import psycopg
+
+    from aidcore.reference import default_reference
+    from aidcore.rulebook import RulebookError, configured_rulebook
+    from connectors.rulebooks import activate
+
+    stack = StackSettings.from_env(environ)
+    if not stack.database_url:
+        print("aidledger.deploy rulebook: AIDLEDGER_DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    try:
+        book = configured_rulebook(stack.rulebook, default_reference())
+    except RulebookError as err:
+        print(f"aidledger.deploy rulebook: {err}", file=sys.stderr)
+        return 1
+    ledger = declared_topics(stack)["ledger"]
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        done = activate(conn, book, ledger_topic=ledger.name, partitions=ledger.partitions, by="deploy")
+    print(f"rulebook {book.version} {'is now in force' if done else 'was already in force'}")
+    return 0
+
+
 def metrics_port(process: str, environ: Mapping[str, str]) -> int:
     """The /metrics port of a process as its settings give it (a worker container runs index 0)."""
     return METRICS_SETTINGS[process].from_env(environ).metrics_port
@@ -112,6 +139,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     sub = parser.add_subparsers(dest="step", required=True)
     sub.add_parser("topics", help="create the declared topics that are missing, then check partitions and replication")
     sub.add_parser("migrate", help="apply the PostgreSQL migrations")
+    sub.add_parser("rulebook", help="put AIDLEDGER_RULEBOOK (or the packaged default) in force unless it already is")
     for name, help_ in (("metrics-port", "print the /metrics port of a process"),
                         ("health", "exit 0 if the process answers on its /metrics port")):
         sub.add_parser(name, help=help_).add_argument("process", choices=sorted(METRICS_SETTINGS))
@@ -120,6 +148,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return cmd_topics(environ)
     if args.step == "migrate":
         return cmd_migrate(environ)
+    if args.step == "rulebook":
+        return cmd_rulebook(environ)
     if args.step == "metrics-port":
         print(metrics_port(args.process, environ))
         return 0

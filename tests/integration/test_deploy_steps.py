@@ -1,11 +1,13 @@
 """The steps of `python -m aidledger.deploy` (the jobs and health checks of
 infra/deploy/compose.yaml) against a real broker, PostgreSQL and metrics endpoint: `topics`
 creates the declared topics with their partition counts, is a no-op when they exist, and fails
-when existing topics differ from the declaration; `migrate` applies the migrations once; `health`
-tells whether a process answers on its metrics port."""
+when existing topics differ from the declaration; `migrate` applies the migrations once;
+`rulebook` puts the configured rulebook in force once; `health` tells whether a process answers
+on its metrics port."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from kafka.admin import KafkaAdminClient
 from prometheus_client import start_http_server
@@ -45,14 +47,26 @@ def test_the_topic_step_creates_the_declared_topics_and_refuses_drift(tmp_path, 
         broker.stop()
 
 
-def test_the_migrate_step_applies_the_migrations_once(tmp_path, capsys):
+def test_the_migrate_and_rulebook_steps_apply_once(tmp_path, capsys):
     postgres = start_postgres(tmp_path, free_port(), database="deploy_steps")
     try:
-        env = {"AIDLEDGER_DATABASE_URL": postgres.endpoint}
+        env = {"AIDLEDGER_DATABASE_URL": postgres.endpoint, "AIDLEDGER_PARTITIONS": "3"}
         assert deploy.main(["migrate"], environ=env) == 0
         assert "001_ledger.sql" in capsys.readouterr().out
         assert deploy.main(["migrate"], environ=env) == 0
         assert "nothing (up to date)" in capsys.readouterr().out
+
+        assert deploy.main(["rulebook"], environ=env) == 0
+        assert "is now in force" in capsys.readouterr().out
+        assert deploy.main(["rulebook"], environ=env) == 0
+        assert "was already in force" in capsys.readouterr().out
+        ledger = declared_topics(StackSettings.from_env(env))["ledger"].name
+        with psycopg.connect(postgres.endpoint) as conn:
+            rows = conn.execute("SELECT topic, partition FROM ledger.outbox ORDER BY partition").fetchall()
+        assert rows == [(ledger, 0), (ledger, 1), (ledger, 2)], "one activation on every ledger partition"
+
+        assert deploy.main(["rulebook"], environ={**env, "AIDLEDGER_RULEBOOK": str(tmp_path / "none.toml")}) == 1
+        assert "cannot read rulebook file" in capsys.readouterr().err
     finally:
         postgres.stop()
 
