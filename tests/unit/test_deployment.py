@@ -26,6 +26,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+from aidcore import ledger, rulebook
 from aidcore.settings import ALL_GROUPS, RelaySettings, StackSettings, WorkerSettings
 from aidledger import deploy
 from aidledger.cli import build_parser
@@ -83,7 +84,7 @@ SETTING_VARIABLES = {f.metadata["env"] for group in ALL_GROUPS for f in fields(g
 
 
 def test_the_files_describe_the_whole_stack():
-    assert {"topics", "migrate", "postgres", "relay", "projector", "worker", "prometheus", "grafana"} <= set(SERVICES)
+    assert {"topics", "migrate", "rulebook", "postgres", "relay", "projector", "worker", "prometheus", "grafana"} <= set(SERVICES)
     assert set(PROCESS_SERVICES) == set(deploy.METRICS_SETTINGS), "a worker, a projector and a relay service"
 
 
@@ -393,6 +394,8 @@ def test_the_registry_holds_the_metrics_of_every_process(registry):
 
 # --- PromQL: which metrics and labels an expression uses ------------------------------------------
 
+# every rule id an alert can carry
+RULE_IDS = frozenset(rulebook.RULE_IDS) | {ledger.RULE_MODIFIED_RESUBMISSION}
 # series that Prometheus itself adds for every target, and the labels it puts on every target
 PROMETHEUS_SERIES = {"up": {"job", "instance"}}
 TARGET_LABELS = {"job", "instance"}
@@ -424,6 +427,35 @@ def promql_uses(expr: str) -> tuple[set[str], set[str]]:
     return names, labels
 
 
+def rule_id_matchers(expr: str) -> list[tuple[str, str]]:
+    """(operator, value) of every matcher on the rule_id label in an expression."""
+    for variable, stand_in in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, stand_in)
+    found = []
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector):
+            found.extend((str(m.op), m.value) for m in node.matchers.matchers if m.name == "rule_id")
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def unknown_rule_ids(expr: str) -> list[str]:
+    """rule_id values (=) or patterns (=~) in `expr` that name or match no rule of the code: an
+    alert on a renamed rule would never fire."""
+    out = []
+    for op, value in rule_id_matchers(expr):
+        if op.endswith("NotEqual") or op.endswith("NotRe"):
+            continue
+        if op.endswith("Re"):
+            if not any(re.fullmatch(value, rule) for rule in RULE_IDS):
+                out.append(f"rule_id=~{value!r} matches no rule")
+        elif value not in RULE_IDS:
+            out.append(f"rule_id={value!r} is no rule")
+    return out
+
+
 def promql_problems(expr: str, registry: dict[str, set[str]], shown_labels: set[str] = frozenset()) -> list[str]:
     """What in `expr` (and in the labels its legend or annotations show) the code does not define."""
     names, labels = promql_uses(expr)
@@ -431,7 +463,7 @@ def promql_problems(expr: str, registry: dict[str, set[str]], shown_labels: set[
     problems = [f"metric {n} is not defined by the code" for n in sorted(names - set(known))]
     available = set(TARGET_LABELS).union(*(known.get(n, set()) for n in names))
     problems += [f"label {label} is on none of {sorted(names)}" for label in sorted((labels | shown_labels) - available)]
-    return problems
+    return problems + unknown_rule_ids(expr)
 
 
 def test_promql_uses_reads_selectors_and_groupings():
@@ -452,6 +484,14 @@ def test_promql_problems_flag_unknown_metrics_and_labels():
     assert promql_problems('x_total', registry, shown_labels={"rule_id"}) == ["label rule_id is on none of ['x_total']"]
     with pytest.raises(Exception):
         promql_uses("sum by (code (x_total)")
+
+
+def test_rule_ids_in_matchers_must_be_rules_of_the_code():
+    assert unknown_rule_ids('x{rule_id="duplicate_person_programme_period"}') == []
+    assert unknown_rule_ids('x{rule_id=~"duplicate_.+"}') == []
+    assert unknown_rule_ids('x{rule_id!="anything"}') == []
+    assert unknown_rule_ids('x{rule_id="duplicate_person"}') == ["rule_id='duplicate_person' is no rule"]
+    assert unknown_rule_ids('x{rule_id=~"dup_.+"}') == ["rule_id=~'dup_.+' matches no rule"]
 
 
 # --- alert rules ------------------------------------------------------------------------------
