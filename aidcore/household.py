@@ -20,7 +20,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 from aidcore.ledger import Alert, Posting, case_alert, case_changes, event_id_text, revision
 from aidcore.reference import Reference
-from aidcore.rulebook import Rulebook
+from aidcore.rulebook import HOUSEHOLD_CAP, Rulebook
 from aidcore.rules import Entry, household_cases
 
 
@@ -35,12 +35,18 @@ class HouseholdEntry(NamedTuple):
     original_event_id: bytes  # b"" for a payment
 
 
-HouseholdState = Mapping[bytes, HouseholdEntry]  # event id -> entry
+HouseholdState = Mapping[bytes, HouseholdEntry]  # event id -> entry, of one household and period
+
+
+def slot_of(posting: Posting) -> str:
+    """The state's key: household and period. Every rule looks at one period of one household,
+    so keying by both keeps each look at only the entries it needs."""
+    return f"{posting.household}/{posting.period}"
 
 
 @dataclass(slots=True)
 class HouseholdResult:
-    changed: dict[str, dict[bytes, HouseholdEntry]] = field(default_factory=dict)
+    changed: dict[str, dict[bytes, HouseholdEntry]] = field(default_factory=dict)  # by `slot_of`
     accepted: list[int] = field(default_factory=list)  # indexes of the postings that were new
     alerts: dict[str, Alert] = field(default_factory=dict)
 
@@ -79,7 +85,7 @@ def region_of(state: HouseholdState, period: str) -> str:
 
 
 def decide_household_batch(
-    states: Mapping[str, HouseholdState],
+    states: Mapping[str, HouseholdState],  # by `slot_of`: household and period
     postings: Sequence[Posting],
     *,
     rulebook: Rulebook,
@@ -87,20 +93,28 @@ def decide_household_batch(
     now_us: int,
 ) -> HouseholdResult:
     result = HouseholdResult()
+    cap = rulebook.household_cap_idr if rulebook.on(HOUSEHOLD_CAP) else None
     for i, posting in enumerate(postings):
         token = posting.household
-        state = result.changed.get(token)
+        slot = slot_of(posting)
+        state = result.changed.get(slot)
         if state is None:
-            state = dict(states.get(token, ()))
+            state = dict(states.get(slot, ()))
         if posting.event_id in state:
             continue  # a redelivered posting: the person stage re-sends after a crash
         period = posting.period
+        if not state and not posting.original_event_id and (cap is None or posting.amount_idr <= cap):
+            # the household's first payment of the period: no rule can fire on one payment under the cap
+            state[posting.event_id] = entry_of(posting)
+            result.changed[slot] = state
+            result.accepted.append(i)
+            continue
         before = None
         if posting.original_event_id:
             before = {(c.rule_id, c.fingerprint): c for c in household_cases(live_entries(state, period), rulebook,
                                                                               reference)}
         state[posting.event_id] = entry_of(posting)
-        result.changed[token] = state
+        result.changed[slot] = state
         result.accepted.append(i)
         trigger = event_id_text(posting.event_id)
         region = region_of(state, period)

@@ -30,26 +30,46 @@ from schemas import codec
 from schemas.topics import declared_topics
 
 PROGRAMMES = (("PKH", 750_000), ("BPNT", 200_000), ("BLT_DD", 300_000), ("PBI_JK", 42_000), ("PIP", 900_000))
+assert PROGRAMMES[0][0] == "PKH" and PROGRAMMES[1][0] == "BPNT"
 PERIODS = tuple(f"2026-{m:02d}" for m in range(1, 13))
+PER_HOUSEHOLD = frozenset({"PKH", "BPNT", "BLT_DD"})
 
 
 def make_events(n: int, tokens: int, seed: int, duplicate_rate: float = 0.01) -> list[Disbursement]:
     rnd = random.Random(seed)
     people = [f"{rnd.getrandbits(128):032x}" for _ in range(tokens)]
+    # households of three people, so the household stage has real work; as in DOMAIN.md, the
+    # per-household programmes are paid to the household's head, the others to any member
+    homes = {p: f"{rnd.getrandbits(128):032x}" for p in people[::3]}
+    head = {p: people[(i // 3) * 3] for i, p in enumerate(people)}
+    household = {p: homes[head[p]] for p in people}
+    village_funded = {p: i % 9 == 0 for i, p in enumerate(people)}  # a third of the heads
     seen: list[tuple[str, str, str, int]] = []
+    used: set[tuple[str, str, str]] = set()
     out = []
     base_us = 1_767_225_600_000_000  # 2026-01-01 UTC
     for i in range(n):
         if seen and rnd.random() < duplicate_rate:
             token, programme, period, amount = seen[rnd.randrange(len(seen))]
         else:
-            token = people[rnd.randrange(tokens)]
-            programme, amount = PROGRAMMES[rnd.randrange(len(PROGRAMMES))]
-            period = PERIODS[rnd.randrange(len(PERIODS))]
+            while True:  # one payment per person, programme and period, except the planted duplicates
+                token = people[rnd.randrange(tokens)]
+                programme, amount = PROGRAMMES[rnd.randrange(len(PROGRAMMES))]
+                if programme in PER_HOUSEHOLD:
+                    token = head[token]
+                    # village-fund BLT_DD goes to households outside PKH and BPNT, as the rule says
+                    village_fund = village_funded[token]
+                    if (programme == "BLT_DD") != village_fund:
+                        programme, amount = (("BLT_DD", 300_000) if village_fund
+                                             else PROGRAMMES[rnd.randrange(2)])
+                period = PERIODS[rnd.randrange(len(PERIODS))]
+                if (token, programme, period) not in used:
+                    break
+            used.add((token, programme, period))
             seen.append((token, programme, period, amount))
         d = Disbursement(
             event_id="", source_system="BENCH", source_ref=f"R{i:09d}", source_type="APBN", agency_code="KEMENSOS",
-            programme_code=programme, person_token=token, identity_kind="NIK", kk_token=None, amount_idr=amount,
+            programme_code=programme, person_token=token, identity_kind="NIK", kk_token=household[token], amount_idr=amount,
             kind="CASH", period=period, disbursed_at_us=base_us + i * 1_000_000, disbursed_at_offset_min=420,
             channel="BANK_TRANSFER", region_code="1871011001", funding_account="APBN-2026-KEMENSOS",
             recorded_at_us=base_us + i * 1_000_000,
@@ -87,9 +107,10 @@ def counter_total(url: str, metric: str) -> float:
 
 
 def time_processes(commands: list[tuple[list[str], dict, str]], metric: str, target: int, timeout_s: float,
-                   log_path: Path) -> dict:
+                   log_path: Path, end_metric: str | None = None) -> dict:
     """Run workers (args, env, metrics url) until their counters add up to `target` (or the
-    timeout); the rate counts from the first counted event."""
+    timeout); the rate counts from the first counted event. With `end_metric`, the run ends only
+    once that counter too reaches `target` (the worker's household stage, after its person stage)."""
     procs = []
     with open(log_path, "ab") as log:
         for args, env, _ in commands:
@@ -104,7 +125,8 @@ def time_processes(commands: list[tuple[list[str], dict, str]], metric: str, tar
             now = time.perf_counter()
             if count > 0 and first is None:
                 first = (now, count)
-            if count >= target:
+            if count >= target and (end_metric is None
+                                    or sum(counter_total(url, end_metric) for _, _, url in commands) >= target):
                 break
             for proc, (args, _, _) in zip(procs, commands):
                 if proc.poll() is not None:
@@ -147,16 +169,19 @@ def detection_stage(events: int = 200_000, tokens: int = 50_000, partitions: int
             for n in (1, 2):
                 commands = []
                 group_env = dict(env, AIDLEDGER_CONSUMER_GROUP=f"bench-{n}-workers")
-                kafka.create_topics(broker.endpoint, [declared_topics(StackSettings.from_env(group_env))["state"]])
+                group_specs = declared_topics(StackSettings.from_env(group_env))
+                kafka.create_topics(broker.endpoint, [group_specs[r] for r in ("state", "households", "household_state")])
                 for i in range(n):
                     port = embedded.free_port()
                     commands.append((["worker", "--index", str(i)],
                                      dict(group_env, AIDLEDGER_WORKER_METRICS_PORT=str(port - i)),
                                      f"http://127.0.0.1:{port}/metrics"))
                 # accepted events only: after a rebalance a worker re-reads some events and answers
-                # `exists`, which must not count as throughput
+                # `exists`, which must not count as throughput; and the clock stops only when the
+                # household stage has taken every posting too (all rules, both stages)
                 workers[n] = time_processes(commands, 'aidledger_worker_events_total{outcome="accepted"}', events,
-                                            600, home / f"worker-{n}.log")
+                                            600, home / f"worker-{n}.log",
+                                            end_metric="aidledger_worker_household_postings_total")
             worker = workers[1]
             bport = embedded.free_port()
             baseline = time_processes([(["baseline", "--metrics-port", str(bport)], env, f"http://127.0.0.1:{bport}/metrics")],

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+from sys import intern
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -257,17 +259,38 @@ def decode_ledger_values(values: Iterable[bytes | None]) -> list[LedgerRecord | 
     return out
 
 
-_POSTING_FIELDS = tuple(Posting._fields)
+_POSTING = struct.Struct(">16s16s16sHHHHqqq16s")
+_NO_ORIGINAL = bytes(16)
 
 
 def encode_postings(rulebook_version: str, postings: Iterable[Posting], rulebook_text: str = "") -> bytes:
-    return codec(POSTINGS).encode({
-        "rulebook_version": rulebook_version,
-        "rulebook_text": rulebook_text,
-        "postings": [dict(zip(_POSTING_FIELDS, p)) for p in postings],
-    })
+    """Postings as packed records plus a string table (see the schema's doc)."""
+    strings: dict[str, int] = {}
+
+    def index(value: str) -> int:
+        i = strings.get(value)
+        if i is None:
+            i = strings[value] = len(strings)
+        return i
+
+    packed = bytearray()
+    for p in postings:
+        packed += _POSTING.pack(bytes.fromhex(p.household), p.event_id, p.person, index(p.programme_code),
+                                index(p.period), index(p.source_type), index(p.region_code), p.amount_idr,
+                                p.disbursed_at_us, p.recorded_at_us, p.original_event_id or _NO_ORIGINAL)
+    return codec(POSTINGS).encode({"rulebook_version": rulebook_version, "rulebook_text": rulebook_text,
+                                   "strings": list(strings), "postings": bytes(packed)})
 
 
 def decode_postings(data: bytes | None) -> tuple[str, str, list[Posting]]:
     record = codec(POSTINGS).decode(data)
-    return record["rulebook_version"], record["rulebook_text"], [Posting(*p.values()) for p in record["postings"]]
+    table = [intern(s) for s in record["strings"]]
+    blob = record["postings"]
+    if len(blob) % _POSTING.size:
+        raise CodecError("avro_body_malformed", "packed postings are not a whole number of records")
+    out = []
+    for household, event_id, person, programme, period, source, region, amount, at, recorded, original in \
+            _POSTING.iter_unpack(blob):
+        out.append(Posting(household.hex(), event_id, person, table[programme], table[period], amount, table[source],
+                           at, table[region], b"" if original == _NO_ORIGINAL else original, recorded))
+    return record["rulebook_version"], record["rulebook_text"], out

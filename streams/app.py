@@ -19,7 +19,7 @@ from typing import Any, Mapping, NamedTuple
 import faust
 
 from aidcore import outcomes
-from aidcore.household import decide_household_batch
+from aidcore.household import decide_household_batch, slot_of
 from aidcore.intake import Disbursement
 from aidcore.ledger import decide_batch, idem_key, pending_reversals
 from aidcore.rulebook import Rulebook, RulebookError, default_rulebook, parse_rulebook
@@ -313,7 +313,10 @@ class LedgerProcessor:
                 if text:
                     step.household_deltas.append((partition, record.value))
                 continue
-            view_ = {p.household: changed.get(p.household) or state.get(p.household, {}) for p in postings}
+            view_ = {}
+            for p in postings:
+                slot = slot_of(p)
+                view_[slot] = changed.get(slot) or state.get(slot, {})
             result = decide_household_batch(view_, postings, rulebook=self.households.book(version),
                                             reference=self.reference, now_us=step.now_us)
             if result.accepted:

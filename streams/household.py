@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Iterable
 
-from aidcore.household import HouseholdEntry, entry_of
+from aidcore.household import HouseholdEntry, entry_of, slot_of
 from aidcore.reference import Reference
 from aidcore.rulebook import Rulebook, RulebookError, parse_rulebook
 from schemas import codec
@@ -27,7 +27,7 @@ from streams.changelog import replay_partition
 
 log = logging.getLogger(__name__)
 
-HouseholdPartition = dict[str, dict[bytes, HouseholdEntry]]
+HouseholdPartition = dict[str, dict[bytes, HouseholdEntry]]  # by household and period (`slot_of`)
 
 
 def household_partition(household_token: str, partitions: int) -> int:
@@ -65,9 +65,10 @@ class HouseholdState:
         version, text, postings = codec.decode_postings(value)
         self.learn(version, text)
         for p in postings:
-            partition.setdefault(p.household, {})[p.event_id] = entry_of(p)
+            partition.setdefault(slot_of(p), {})[p.event_id] = entry_of(p)
 
     def households(self) -> int:
+        """Household-periods held (the state's unit)."""
         return sum(len(s) for s in self.partitions.values())
 
     def revoke(self, partitions: Iterable[int]) -> None:

@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aidcore.intake import Reversal
-from aidcore.ledger import Posting
 from schemas import codec
 from schemas.codec import ALERT, DISBURSEMENT, RECORD_NAMES, STATE_DELTA, CodecError
 from builders import (
@@ -47,8 +46,7 @@ def sample_record(name: str) -> dict:
                 "activated_at_us": NOW_US, "activated_by": "pmo"}
     if name == codec.POSTINGS:
         result = decide([disbursement(), disbursement(source_ref="R-2")])
-        return {"rulebook_version": "builtin-1", "rulebook_text": "",
-                "postings": [dict(zip(Posting._fields, p)) for p in result.postings]}
+        return codec.codec(codec.POSTINGS).decode(codec.encode_postings("builtin-1", result.postings))
     raise AssertionError(f"no sample for {name}; add one when a record is added to RECORD_NAMES")
 
 
@@ -81,6 +79,22 @@ def test_alert_round_trip(alert):
     back = codec.decode_alert(codec.encode_alert(alert))
     assert back == alert
     assert isinstance(back.lines, tuple)
+
+
+def test_postings_round_trip_exactly_payments_and_reversals():
+    result = decide([disbursement(), disbursement(source_ref="R-2", kk=""),
+                     reversal(original_source_ref="R-2", source_ref="REV-2", amount_idr=100_000)])
+    assert len(result.postings) == 3 and result.postings[2].original_event_id
+    version, text, postings = codec.decode_postings(codec.encode_postings("v9", result.postings, "text"))
+    assert (version, text, postings) == ("v9", "text", result.postings)
+
+
+def test_packed_postings_of_a_wrong_length_are_a_named_error():
+    record = codec.codec(codec.POSTINGS).decode(codec.encode_postings("v", decide([disbursement()]).postings))
+    record["postings"] = record["postings"][:-1]
+    with pytest.raises(CodecError) as err:
+        codec.decode_postings(codec.codec(codec.POSTINGS).encode(record))
+    assert err.value.code == "avro_body_malformed"
 
 
 def test_state_delta_round_trip():

@@ -91,7 +91,7 @@ def test_a_person_without_kk_is_a_household_of_one():
     (alert,), states, _ = household_alerts(postings, rule_id=rb.EXCLUSIVE_HOUSEHOLD)
     assert (alert.subject_kind, alert.subject_token) == ("HOUSEHOLD", pkh.person_token)
     assert alert.amount_idr_at_stake == 300_000
-    assert list(states) == [pkh.person_token]
+    assert list(states) == [f"{pkh.person_token}/2026-04"]  # the state is keyed by household and period
 
 
 def test_people_without_kk_are_never_one_household():
@@ -258,9 +258,11 @@ PROPERTY = settings(database=None, max_examples=60, deadline=None, suppress_heal
 
 
 def live_totals(states) -> dict[tuple[str, str], int]:
-    """(household, period) -> rupiah the household holds, net of reversals."""
+    """(household, period) -> rupiah the household holds, net of reversals. The states are keyed
+    by household and period (`household.slot_of`)."""
     out: dict[tuple[str, str], int] = {}
-    for token, state in states.items():
+    for slot, state in states.items():
+        token = slot.split("/")[0]
         for period in {e.period for e in state.values()}:
             total = sum(e.amount_idr for e in household.live_entries(state, period))
             if total:
