@@ -293,6 +293,37 @@ def cmd_trail(args) -> int:
     return 0
 
 
+def cmd_deadletters(args) -> int:
+    """List dead letters (optionally of one code), or send those of one code back to the ledger."""
+    import psycopg
+
+    from connectors import deadletters
+    from schemas.topics import declared_topics
+
+    _, dsn = resolve_endpoints(_home(args))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if args.action == "replay":
+            if not args.code:
+                print("aidledger deadletters replay: --code is required", file=sys.stderr)
+                return 2
+            result = deadletters.replay(conn, code=args.code, ledger_topic=declared_topics(_stack())["ledger"].name)
+            _dump(result) if args.json else print(
+                f"{result['queued']} dead letters of {args.code} sent back to the ledger"
+                f" ({result['already_replayed']} replayed before, {result['skipped']} not replayable)")
+            return 0
+        items = deadletters.listing(conn, code=args.code, limit=args.limit)
+        if args.json:
+            _dump({"deadletters": items, "by_code": deadletters.counts(conn)})
+            return 0
+    if not items:
+        print("no dead letters")
+    for d in items:
+        src = d["source"]
+        print(f"[{d['code']}] {src['topic']}[{src['partition']}]@{src['offset']} {d['stage']}"
+              f"{' replayed ' + d['replayed_at'] if d['replayed_at'] else ''}: {d['detail']}")
+    return 0
+
+
 def cmd_status(args) -> int:
     import psycopg
 
@@ -419,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rulebook", help="the proposed rulebook file (simulate)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--who", help="recorded with an activation (default: the OS user)")
+    p = add("deadletters", cmd_deadletters, "list dead letters, or replay those of one code after a fix")
+    p.add_argument("action", nargs="?", choices=["list", "replay"], default="list")
+    p.add_argument("--code", help="only this code (required for replay)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--json", action="store_true")
     add("status", cmd_status, "summary of the ledger as JSON")
     add("settings", cmd_settings, "every setting with its environment variable and default")
     p = add("bench", cmd_bench, "measure throughput and latency; results to bench/results/")

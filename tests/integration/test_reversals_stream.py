@@ -101,9 +101,17 @@ def test_reversals_end_to_end(stack, tmp_path):
     assert totals(people[token_b]) == {("BPNT", "2026-04"): (200_000, 1)}
     assert not pending_reversals(people[token_b])  # R4 left the state when it was dead-lettered
 
-    # the expired reversal, sent again once its original exists, is decided again
+    listed = json.loads(cli.run("deadletters", "--json").stdout)
+    assert listed["by_code"] == {"reversal_exceeds_original": 1, "reversal_original_unknown": 1}
+    assert all(d["record_kind"] == codec.REVERSAL and d["source"]["offset"] >= 0 for d in listed["deadletters"])
+    assert A not in json.dumps(listed) and B not in json.dumps(listed)
+
+    # once its original exists, the expired reversal is sent back and decided again, once
     cli.run("ingest", _write(tmp_path / "third.jsonl", [payment("P9", B, "PIP", 450_000)]))
-    cli.run("ingest", _write(tmp_path / "fourth.jsonl", [reversal("R4b", "P9", B, 100_000)]))
+    cli.run("wait", "--timeout", "120")
+    first_replay = json.loads(cli.run("deadletters", "replay", "--code", "reversal_original_unknown", "--json").stdout)
+    again = json.loads(cli.run("deadletters", "replay", "--code", "reversal_original_unknown", "--json").stdout)
+    assert (first_replay["queued"], again["queued"], again["already_replayed"]) == (1, 0, 1)
     cli.run("wait", "--timeout", "120")
     people = _stream_state(stack)
     assert totals(people[token_b])[("PIP", "2026-04")] == (350_000, 1)
