@@ -1,8 +1,8 @@
 """The synthetic Lampung dataset: deterministic, well-formed, and its answer key is exact.
 
 The recounts here are brute force over the records, independent of how the generator plants
-cases, so a planted case the key forgets (or a clean record that accidentally breaks a rule)
-shows up as a difference.
+cases (and of the core, which test_synthetic_answer_key runs over the records), so a planted case
+the key forgets, or a clean record that accidentally breaks a rule, shows up as a difference.
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aidcore.reference import default_reference
+from aidcore.rulebook import default_rulebook
 from connectors.synthetic import (
     FIELDS,
     INVALID_VARIANTS,
     PROGRAMMES,
     REGENCIES,
+    REVERSAL_FIELDS,
+    RULE_KINDS,
     generate,
     iter_records,
     write_csv,
@@ -29,6 +33,7 @@ from connectors.synthetic import (
 )
 
 N = 30_000
+REVERSAL_RATE = 0.005
 PROVINCES = frozenset(
     "11 12 13 14 15 16 17 18 19 21 31 32 33 34 35 36 51 52 53 61 62 63 64 65 "
     "71 72 73 74 75 76 81 82 91 92 93 94 95 96 97".split()
@@ -38,11 +43,13 @@ KINDS = {"CASH", "IN_KIND", "PREMIUM"}
 CHANNELS = {"BANK_TRANSFER", "POS", "E_WALLET", "CASH", "GOODS"}
 HOUSEHOLD_PROGRAMMES = {c for c, (_t, per, _w) in PROGRAMMES.items() if per == "household"}
 WIB = timezone(timedelta(hours=7))
+REFERENCE = default_reference()
+BOOK = default_rulebook(REFERENCE)
 
 
 @pytest.fixture(scope="module")
 def ds():
-    return generate(N, seed=11)
+    return generate(N, seed=11, reversal_rate=REVERSAL_RATE)
 
 
 def key(r):
@@ -53,13 +60,22 @@ def ident(r):
     return r["nik"] or r["provisional_id"]
 
 
+def is_reversal(r) -> bool:
+    return r.get("record_type") == "reversal"
+
+
 def invalid_keys(ds):
     return {c.source_refs[0] for c in ds.answer_key if c.kind == "invalid"}
 
 
 def valid_records(ds):
+    """The valid disbursements (reversal rows left out)."""
     bad = invalid_keys(ds)
-    return [r for r in ds.records if key(r) not in bad]
+    return [r for r in ds.records if not is_reversal(r) and key(r) not in bad]
+
+
+def reversals(ds):
+    return [r for r in ds.records if is_reversal(r)]
 
 
 def nik_ok(nik: str) -> bool:
@@ -77,6 +93,17 @@ def nik_ok(nik: str) -> bool:
         except ValueError:
             pass
     return False
+
+
+def kk_ok(kk: str, region_code: str) -> bool:
+    """16 digits: the district of issue (the household's), the issue date DDMMYY, a serial."""
+    if not re.fullmatch(r"\d{16}", kk) or kk[:6] != region_code[:6] or kk[12:] == "0000":
+        return False
+    try:
+        date(2000 + int(kk[10:12]), int(kk[8:10]), int(kk[6:8]))
+    except ValueError:
+        return False
+    return True
 
 
 def paid_in_time(r) -> bool:
@@ -104,20 +131,64 @@ def planted_duplicates(ds):
     }
 
 
+def household(r) -> str:
+    """The household the rules see: the KK, or the person alone when the payment names none."""
+    return r["kk"] or ident(r)
+
+
+def recount_rules(ds) -> set[tuple[str, str, str]]:
+    """(rule, subject, period) for every rule the valid payments break, by brute force over
+    gross amounts with the shipped rulebook's limits. Reversals only take back planted
+    duplicates (whose records still count here) and parts of clean payments, so gross is enough."""
+    kind = {code: p.kind_group for code, p in REFERENCE.programmes.items()}
+    people, homes = defaultdict(list), defaultdict(list)
+    first = {}
+    for r in valid_records(ds):
+        first.setdefault(key(r), r)  # the ledger keeps the first version of a reference
+    for r in first.values():
+        people[(ident(r), r["period"])].append(r["programme_code"])
+        homes[(household(r), r["period"])].append(r)
+    out = set()
+    for (who, period), programmes in people.items():
+        if len(set(programmes)) < len(programmes):
+            out.add(("duplicate_person_programme_period", who, period))
+        if len(set(programmes)) > BOOK.person_max_programmes:
+            out.add(("stacking_programmes_person", who, period))
+    for (home, period), rows in homes.items():
+        programmes = {r["programme_code"] for r in rows}
+        if sum(r["amount_idr"] for r in rows) > BOOK.household_cap_idr:
+            out.add(("household_monthly_cap", home, period))
+        if len(programmes) > BOOK.household_max_programmes:
+            out.add(("stacking_programmes_household", home, period))
+        if any(len({ident(r) for r in rows if r["programme_code"] == p}) > 1 for p in BOOK.household_programmes):
+            out.add(("duplicate_household_programme_period", home, period))
+        if any(p in programmes and programmes & excluded for p, excluded in BOOK.exclusions):
+            out.add(("exclusive_programmes_household", home, period))
+        government = {kind[r["programme_code"]] for r in rows if r["source_type"] not in BOOK.non_government_sources}
+        if any(r["source_type"] in BOOK.non_government_sources and kind[r["programme_code"]] in government for r in rows):
+            out.add(("non_government_same_kind", home, period))
+    return out
+
+
+def planted_rules(ds) -> set[tuple[str, str, str]]:
+    return {(c.rule_id, (c.kk or c.nik) if c.subject_kind == "HOUSEHOLD" else c.nik, c.period)
+            for c in ds.answer_key if c.kind in RULE_KINDS}
+
+
 # ------------------------------------------------------------------ determinism and size
 
 
 def test_same_seed_same_output_and_streaming_form_agrees():
-    a = generate(4_000, seed=5)
-    b = generate(4_000, seed=5)
+    a = generate(4_000, seed=5, reversal_rate=0.01)
+    b = generate(4_000, seed=5, reversal_rate=0.01)
     assert a.records == b.records
     assert a.answer_key == b.answer_key
-    assert list(iter_records(4_000, seed=5)) == a.records
-    assert generate(4_000, seed=6).records != a.records
+    assert list(iter_records(4_000, seed=5, reversal_rate=0.01)) == a.records
+    assert generate(4_000, seed=6, reversal_rate=0.01).records != a.records
 
 
 def test_streaming_consumer_may_mutate_what_it_gets():
-    kwargs = dict(seed=8, redelivery_rate=0.02, modified_rate=0.02, duplicate_rate=0.02)
+    kwargs = dict(seed=8, redelivery_rate=0.02, modified_rate=0.02, duplicate_rate=0.02, reversal_rate=0.02)
     expected = generate(3_000, **kwargs).records
     got = []
     for r in iter_records(3_000, **kwargs):
@@ -127,25 +198,38 @@ def test_streaming_consumer_may_mutate_what_it_gets():
 
 
 @pytest.mark.parametrize("n", [0, 1, 37, 999, 12_345])
-def test_record_count_is_exact(n):
-    assert len(generate(n, seed=3).records) == n
+@pytest.mark.parametrize("reversal_rate", [0, 0.01])
+def test_record_count_is_exact(n, reversal_rate):
+    assert len(generate(n, seed=3, reversal_rate=reversal_rate).records) == n
 
 
 def test_planted_counts_follow_the_rates(ds):
     kinds = Counter(c.kind for c in ds.answer_key)
+    reversed_ = round(N * REVERSAL_RATE)
     assert kinds == {
         "duplicate_person": round(N * 0.01),
         "redelivery": round(N * 0.005),
         "modified_resubmission": round(N * 0.002),
         "invalid": round(N * 0.002),
+        **{k: round(N * 0.002) for k in RULE_KINDS if k != "duplicate_person"},
+        "reversal_void": reversed_ // 2,
+        "reversal_unknown": reversed_ // 10,
+        "reversal_partial": reversed_ - reversed_ // 2 - reversed_ // 10,
     }
+    assert Counter(c.status for c in ds.answer_key if c.kind == "duplicate_person") == {
+        "open": round(N * 0.01) - reversed_ // 2, "void_reversed": reversed_ // 2}
 
 
 def test_zero_rates_give_clean_data():
-    clean = generate(3_000, seed=2, duplicate_rate=0, redelivery_rate=0, modified_rate=0, invalid_rate=0)
+    clean = generate(3_000, seed=2, duplicate_rate=0, redelivery_rate=0, modified_rate=0, invalid_rate=0, case_rate=0)
     assert clean.answer_key == []
     assert len({key(r) for r in clean.records}) == 3_000
-    assert recount_duplicates(clean) == {}
+    assert recount_rules(clean) == set()
+    assert not any(r["programme_code"] == "RTLH" for r in clean.records)  # always above the cap: planted only
+
+
+def test_reversals_are_off_unless_asked_for():
+    assert not reversals(generate(3_000, seed=2))
 
 
 def test_bad_arguments_are_refused():
@@ -158,6 +242,10 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError):
         generate(100, duplicate_rate=0.6)
     with pytest.raises(ValueError):
+        generate(100, case_rate=0.1)  # once for each of six rules: 0.6
+    with pytest.raises(ValueError):
+        generate(100, reversal_rate=1.0)
+    with pytest.raises(ValueError):
         iter_records(10, first_period="26-01")  # at the call, not at the first next()
 
 
@@ -167,8 +255,9 @@ def test_bad_arguments_are_refused():
 def test_fields_and_types(ds):
     bad = invalid_keys(ds)
     for r in ds.records:
-        assert tuple(r) == FIELDS
-        for f in FIELDS:
+        fields = REVERSAL_FIELDS if is_reversal(r) else FIELDS
+        assert tuple(r) == fields
+        for f in fields:
             if f != "amount_idr":
                 assert type(r[f]) is str, (f, r)
         if key(r) not in bad:
@@ -212,6 +301,10 @@ def test_programme_figures(ds):
             assert a in (450_000, 750_000, 1_800_000)
         elif p == "PBI_JK":
             assert (a, r["kind"], r["channel"]) == (42_000, "PREMIUM", "BANK_TRANSFER")
+        elif p == "RTLH":
+            assert a in (17_500_000, 20_000_000) and r["source_type"] == "APBD_KAB"
+        elif p == "ZAKAT_FITRAH":
+            assert 100_000 <= a <= 400_000 and a % 25_000 == 0 and r["source_type"] == "COMMUNITY"
 
 
 def test_some_months_are_paid_two_at_once(ds):
@@ -230,10 +323,10 @@ def test_population_looks_like_lampung(ds):
     migrants = sum(1 for p in people if not p.startswith(("PRV-", "18")))
     assert 0.002 < without_nik / len(people) < 0.03
     assert migrants > 0
-    regencies = Counter(r["region_code"][:4] for r in ds.records)
+    regencies = Counter(r["region_code"][:4] for r in valid_records(ds))
     assert set(regencies) == set(REGENCIES)
     assert regencies["1802"] > regencies["1813"] * 3  # Lampung Tengah is far larger than Pesisir Barat
-    assert {r["programme_code"] for r in ds.records} >= set(PROGRAMMES)
+    assert {r["programme_code"] for r in valid_records(ds)} >= set(PROGRAMMES)
 
 
 def test_nik_is_unique_per_person(ds):
@@ -245,7 +338,58 @@ def test_nik_is_unique_per_person(ds):
             assert seen.setdefault(r["nik"], who) == who, r
 
 
+def test_households_are_families_with_a_valid_kk(ds):
+    """A KK is issued in the household's district and names one village; households where every
+    member is insured (PBI JK goes to each member with a NIK) show the family sizes, mostly 3-5."""
+    copies = {c.source_refs[1] for c in ds.answer_key if c.kind == "duplicate_person"}  # may come from a neighbour
+    villages = defaultdict(set)
+    insured = defaultdict(set)
+    for r in valid_records(ds):
+        if r["kk"] and key(r) not in copies:
+            assert kk_ok(r["kk"], r["region_code"]), r
+            villages[r["kk"]].add(r["region_code"])
+        if r["kk"] and r["programme_code"] == "PBI_JK":
+            insured[r["kk"]].add(r["nik"])
+    assert all(len(v) == 1 for v in villages.values())
+    sizes = Counter(len(v) for v in insured.values())
+    assert sum(n for size, n in sizes.items() if 3 <= size <= 5) / sum(sizes.values()) > 0.5
+    assert 3 <= sum(size * n for size, n in sizes.items()) / sum(sizes.values()) <= 4.5
+
+
 # ------------------------------------------------------------------ the answer key is exact
+
+
+def test_brute_force_rule_recount_equals_answer_key(ds):
+    """Every rule the records break, and only those, is a planted case of that rule."""
+    assert recount_rules(ds) == planted_rules(ds)
+    assert {c.rule_id for c in ds.answer_key if c.kind in RULE_KINDS} == set(RULE_KINDS.values())
+
+
+def test_every_planted_case_is_in_the_records(ds):
+    keys = Counter(key(r) for r in ds.records)
+    for c in ds.answer_key:
+        for i, ref in enumerate(c.source_refs):
+            if c.kind == "reversal_unknown" and i == 1:
+                assert ref not in keys  # the original is a payment the data does not hold
+            else:
+                assert ref in keys, c
+    by_key = {key(r): r for r in ds.records}
+    for c in ds.answer_key:
+        if c.kind in RULE_KINDS and c.kind != "duplicate_person":
+            subject = (c.kk or c.nik) if c.subject_kind == "HOUSEHOLD" else c.nik
+            for r in (by_key[ref] for ref in c.source_refs):
+                assert r["period"] == c.period, c
+                assert (household(r) if c.subject_kind == "HOUSEHOLD" else ident(r)) == subject, c
+
+
+def test_people_without_nik_or_kk_are_planted_too(ds):
+    """Undocumented people are covered by the rules: some planted cases are about a person with a
+    provisional id and no KK, as a person and as a household of one."""
+    by_key = {key(r): r for r in ds.records}
+    alone = [c for c in ds.answer_key if c.kind in RULE_KINDS and c.nik.startswith("PRV-")
+             and not by_key[c.source_refs[-1]]["kk"]]
+    assert any(c.kind == "duplicate_person" for c in alone)
+    assert any(c.subject_kind == "HOUSEHOLD" and c.kk == "" for c in alone)
 
 
 def test_source_keys_repeat_only_for_redeliveries_and_resubmissions(ds):
@@ -267,6 +411,7 @@ def test_source_keys_repeat_only_for_redeliveries_and_resubmissions(ds):
             assert c.rule_id == "exists_with_different_amount_idr"
             assert {f for f in FIELDS if first[f] != second[f]} == {"amount_idr"}
             assert type(second["amount_idr"]) is int and second["amount_idr"] > 0
+            assert c.amount_idr_at_stake == abs(second["amount_idr"] - first["amount_idr"])
 
 
 def test_brute_force_duplicate_recount_equals_answer_key(ds):
@@ -277,31 +422,56 @@ def test_brute_force_duplicate_recount_equals_answer_key(ds):
             assert len(c.source_refs) == 2 and c.source_refs[0] != c.source_refs[1]
 
 
-def test_household_programmes_are_paid_once_per_household_and_period(ds):
-    refs = defaultdict(set)
+def test_household_programmes_are_paid_to_one_member_unless_planted(ds):
+    members = defaultdict(set)
     for r in valid_records(ds):
         if r["kk"] and r["programme_code"] in HOUSEHOLD_PROGRAMMES:
-            refs[(r["kk"], r["programme_code"], r["period"])].add(key(r))
-    over = {k for k, v in refs.items() if len(v) > 1}
-    planted = {
-        (next(r["kk"] for r in ds.records if key(r) == c.source_refs[0]), c.programme_code, c.period)
-        for c in ds.answer_key
-        if c.kind == "duplicate_person" and c.programme_code in HOUSEHOLD_PROGRAMMES
-    }
-    planted = {p for p in planted if p[0]}
-    assert over == planted
+            members[(r["kk"], r["programme_code"], r["period"])].add(ident(r))
+    over = {k for k, v in members.items() if len(v) > 1}
+    planted = {(c.kk, c.programme_code, c.period) for c in ds.answer_key if c.kind == "duplicate_household"}
+    assert over == planted and planted
 
 
-def test_blt_dd_never_with_pkh_or_bpnt_in_a_household(ds):
-    by_household = defaultdict(set)
+def test_blt_dd_with_pkh_or_bpnt_only_where_planted(ds):
     by_household_period = defaultdict(set)
     for r in valid_records(ds):
-        if r["kk"]:
-            by_household[r["kk"]].add(r["programme_code"])
-            by_household_period[(r["kk"], r["period"])].add(r["programme_code"])
-    for programmes in list(by_household.values()) + list(by_household_period.values()):
-        assert not ("BLT_DD" in programmes and programmes & {"PKH", "BPNT"})
-    assert any("BLT_DD" in p for p in by_household.values())
+        by_household_period[(household(r), r["period"])].add(r["programme_code"])
+    together = {k for k, p in by_household_period.items() if "BLT_DD" in p and p & {"PKH", "BPNT"}}
+    planted = {(c.kk or c.nik, c.period) for c in ds.answer_key if c.kind == "exclusive_household"}
+    assert together == planted and planted
+    assert any("BLT_DD" in p for p in by_household_period.values())
+
+
+def test_rtlh_grants_are_planted_cap_cases(ds):
+    by_key = {key(r): r for r in valid_records(ds)}
+    planted = {ref for c in ds.answer_key if c.kind == "household_cap" for ref in c.source_refs}
+    rtlh = {k for k, r in by_key.items() if r["programme_code"] == "RTLH"}
+    assert rtlh and rtlh <= planted
+    assert any(by_key[ref]["programme_code"] == "PIP" for ref in planted)  # and some cases of layering
+
+
+def test_reversals_name_what_they_take_back(ds):
+    by_key = {key(r): r for r in ds.records if not is_reversal(r)}
+    cases = {c.source_refs[0]: c for c in ds.answer_key if c.kind.startswith("reversal_")}
+    voided = {c.source_refs[1] for c in ds.answer_key if c.kind == "duplicate_person" and c.status == "void_reversed"}
+    assert len(cases) == len(reversals(ds))
+    for r in reversals(ds):
+        c = cases[key(r)]
+        original = (r["original_source_system"], r["original_source_ref"])
+        assert c.source_refs[1] == original and ident(r) == c.nik and r["reason"]
+        assert datetime.fromisoformat(r["reversed_at"]).utcoffset() == timedelta(hours=7)
+        if c.kind == "reversal_unknown":
+            assert original not in by_key and c.status == "pending"
+            assert original[1].split("-")[1] == "2025"  # a payment of the year before the window
+            continue
+        paid = by_key[original]
+        assert ident(paid) == ident(r) and r["agency_code"] == paid["agency_code"] and c.status == "accepted"
+        assert r["reversed_at"] > paid["disbursed_at"]
+        if c.kind == "reversal_void":
+            assert original in voided and r["amount_idr"] == paid["amount_idr"]
+        else:
+            assert 0 < r["amount_idr"] < paid["amount_idr"]
+    assert {cases[key(r)].source_refs[1] for r in reversals(ds) if cases[key(r)].kind == "reversal_void"} == voided
 
 
 def test_duplicates_come_later_in_time_and_stream(ds):
@@ -319,14 +489,14 @@ def test_duplicates_come_later_in_time_and_stream(ds):
     assert changed_system > 0  # some duplicates arrive through another system
 
 
-def test_records_are_in_disbursement_time_order_except_resent_copies(ds):
+def test_records_are_in_time_order_except_resent_copies(ds):
     seen = set()
     firsts = []
     for r in ds.records:
         if key(r) in seen:
             continue  # a redelivery or resubmission: resent later, carrying its old time
         seen.add(key(r))
-        firsts.append(r["disbursed_at"])
+        firsts.append(r["reversed_at"] if is_reversal(r) else r["disbursed_at"])
     assert firsts == sorted(firsts)
 
 
@@ -353,8 +523,10 @@ def test_invalid_rows_have_exactly_their_defect_and_nothing_else(ds):
     assert {c.rule_id for c in invalid.values()} == set(INVALID_VARIANTS.values())
     others = [r for r in ds.records if key(r) not in invalid]
     other_people = {ident(r) for r in others}
-    other_kks = {r["kk"] for r in others}
+    other_kks = {r.get("kk") for r in others}
     for r in ds.records:
+        if is_reversal(r):
+            continue
         c = invalid.get(key(r))
         if c is None:
             assert _defect(r) is None, r
@@ -373,6 +545,7 @@ def test_a_year_boundary_window():
         assert r["funding_account"].split("-")[1] == r["period"][:4], r
         assert f"-{r['period'][:4]}-" in r["source_ref"], r
     assert recount_duplicates(d) == planted_duplicates(d)
+    assert recount_rules(d) == planted_rules(d)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -383,10 +556,11 @@ def test_a_year_boundary_window():
     month=st.integers(min_value=1, max_value=12),
 )
 def test_answer_key_is_exact_for_any_seed_and_window(n, seed, months, month):
-    d = generate(n, seed=seed, first_period=f"2027-{month:02d}", months=months,
-                 duplicate_rate=0.03, redelivery_rate=0.02, modified_rate=0.02, invalid_rate=0.02)
+    d = generate(n, seed=seed, first_period=f"2027-{month:02d}", months=months, duplicate_rate=0.03,
+                 redelivery_rate=0.02, modified_rate=0.02, invalid_rate=0.02, case_rate=0.01, reversal_rate=0.02)
     assert len(d.records) == n
     assert recount_duplicates(d) == planted_duplicates(d)
+    assert recount_rules(d) == planted_rules(d)
     assert all(paid_in_time(r) for r in valid_records(d))
     counts = Counter(key(r) for r in d.records)
     assert {k for k, v in counts.items() if v > 1} == {
@@ -413,15 +587,22 @@ def test_write_jsonl_and_csv(tmp_path):
     assert [row[FIELDS.index("amount_idr")] for row in rows[1:]] == [str(r["amount_idr"]) for r in d.records]
 
 
-# ------------------------------------------------------------------ against the real intake, when present
+def test_reversal_rows_go_to_json_lines_only(tmp_path):
+    d = generate(800, seed=9, reversal_rate=0.02)
+    assert reversals(d)
+    write_jsonl(tmp_path / "x.jsonl", d.records)
+    assert [json.loads(line) for line in (tmp_path / "x.jsonl").read_text(encoding="utf-8").splitlines()] == d.records
+    with pytest.raises(ValueError, match="JSON Lines"):
+        write_csv(tmp_path / "x.csv", d.records)
+
+
+# ------------------------------------------------------------------ against the real intake
 
 
 def test_intake_rejects_exactly_the_planted_invalid_rows(ds):
     intake = pytest.importorskip("aidcore.intake")
-    reference = pytest.importorskip("aidcore.reference")
-    ref = reference.default_reference()
     now_us = intake.to_us(datetime(2027, 1, 1, tzinfo=timezone.utc))
     expected = {c.source_refs[0]: c.rule_id for c in ds.answer_key if c.kind == "invalid"}
-    for r in ds.records[:5_000] + [r for r in ds.records if key(r) in expected]:
-        out = intake.validate_record(r, reference=ref, token_key=b"k" * 32, now_us=now_us)
+    for r in ds.records[:5_000] + [r for r in ds.records if key(r) in expected or is_reversal(r)]:
+        out = intake.validate_any(r, reference=REFERENCE, token_key=b"k" * 32, now_us=now_us)
         assert getattr(out, "code", None) == expected.get(key(r)), (r, out)
