@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from aidcore.ledger import RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION
+from aidcore.rulebook import RULE_IDS
 from aidledger.demo import answer_key_check
 from connectors import synthetic
 from infra.stack import token_key
@@ -55,10 +56,11 @@ def test_ingest_counts_and_rejection_report(ingested, dataset):
 def test_alerts_match_the_answer_key(stack, cli, ingested, dataset):
     alerts = json.loads(cli.run("alerts", "--json").stdout)["alerts"]
     check = answer_key_check(dataset, alerts, token_key(stack.stack, stack.home))
-    for rule in (RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION):
-        assert check[rule]["planted"] > 0
-        assert check[rule]["precision"] == 1.0, check
-        assert check[rule]["recall"] == 1.0, check
+    assert set(check) == set(RULE_IDS)
+    for rule, c in check.items():  # every rule is planted, and found exactly with its rupiah at stake
+        assert c["planted"] > 0, (rule, c)
+        assert c["precision"] == 1.0 and c["recall"] == 1.0, (rule, c)
+        assert c["at_stake_right"] == c["at_stake_known"] == c["planted"], (rule, c)
     for a in alerts:
         assert a["rulebook_version"] and a["message"] and a["regency_name"]
         assert a["events"] and all(set(e) == {"event_id", "source_system", "source_ref", "programme_code", "source_type",

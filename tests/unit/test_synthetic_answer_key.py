@@ -133,6 +133,22 @@ def test_reversals_end_as_planted(ds, decided):
     assert rejected == Counter(c.rule_id for c in ds.answer_key if c.kind == "invalid")
 
 
+def test_the_demo_check_scores_the_core_at_one_hundred_percent(ds, decided):
+    from aidledger.demo import answer_key_check, reversal_check
+
+    alerts = [{"rule_id": a.rule_id, "subject_token": a.subject_token, "period": a.period,
+               "programme_code": a.programme_code, "status": a.status, "amount_idr_at_stake": a.amount_idr_at_stake,
+               "events": [{"source_system": line.source_system, "source_ref": line.source_ref} for line in a.lines]}
+              for a in decided[0]]
+    check = answer_key_check(ds, alerts, KEY)
+    assert set(check) == set(RULE_IDS)
+    for rule, c in check.items():
+        assert c["planted"] > 0 and c["precision"] == c["recall"] == 1.0, (rule, c)
+        assert c["at_stake_right"] == c["at_stake_known"] == c["planted"], (rule, c)
+    r = reversal_check(ds, alerts, KEY)
+    assert r["voided"] == r["to_void"] == r["void"] == 20 and r["voided_unplanted"] == 0
+
+
 @pytest.mark.parametrize("first_period,months,seed", [("2026-01", 6, 1), ("2026-10", 6, 2), ("2027-05", 14, 3),
                                                       ("2026-03", 1, 4)])
 def test_clean_data_breaks_no_rule(first_period, months, seed):
