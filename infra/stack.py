@@ -24,7 +24,7 @@ from typing import Mapping
 
 import psycopg
 
-from aidcore.settings import ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
+from aidcore.settings import GatewaySettings, ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
 from infra import embedded, kafka
 from projections.migrate import migrate
 from projections.queries import progress
@@ -118,6 +118,7 @@ PORT_VARIABLES = (
     "AIDLEDGER_WORKER_METRICS_PORT",
     "AIDLEDGER_PROJECTOR_METRICS_PORT",
     "AIDLEDGER_RELAY_METRICS_PORT",
+    "AIDLEDGER_GATEWAY_PORT",
 )
 
 
@@ -172,6 +173,7 @@ class Stack:
         ports = {
             "AIDLEDGER_PROJECTOR_METRICS_PORT": ProjectorSettings.from_env(self.environ).metrics_port,
             "AIDLEDGER_RELAY_METRICS_PORT": RelaySettings.from_env(self.environ).metrics_port,
+            "AIDLEDGER_GATEWAY_PORT": GatewaySettings.from_env(self.environ).port,
         }
         for i in range(self.workers):
             ports[f"AIDLEDGER_WORKER_METRICS_PORT (+{i})"] = worker.metrics_port + i
@@ -213,6 +215,7 @@ class Stack:
             self.children["projector"] = Child("projector", ["project"])
             for i in range(self.workers):
                 self.children[f"worker-{i}"] = Child(f"worker-{i}", ["worker", "--index", str(i)])
+            self.children["gateway"] = Child("gateway", ["gateway"])
             for child in self.children.values():
                 self._spawn(child)
             self._write_endpoints()
@@ -245,7 +248,9 @@ class Stack:
         metrics = {f"worker-{i}": f"http://127.0.0.1:{worker.metrics_port + i}/metrics" for i in range(self.workers)}
         metrics["projector"] = f"http://127.0.0.1:{ProjectorSettings.from_env(self.environ).metrics_port}/metrics"
         metrics["relay"] = f"http://127.0.0.1:{RelaySettings.from_env(self.environ).metrics_port}/metrics"
+        metrics["gateway"] = f"{self.gateway_url()}/metrics"
         return {
+            "gateway": self.gateway_url(),
             "home": str(self.home),
             "kafka_bootstrap": self.bootstrap,
             "database_url": self.database_url,
@@ -257,6 +262,11 @@ class Stack:
             "metrics": metrics,
             "children": {name: c.process.pid for name, c in self.children.items() if c.process},
         }
+
+    def gateway_url(self) -> str:
+        gateway = GatewaySettings.from_env(self.environ)
+        host = "127.0.0.1" if gateway.host in ("0.0.0.0", "") else gateway.host
+        return f"http://{host}:{gateway.port}"
 
     def _put_rulebook_in_force(self) -> None:
         """The configured rulebook (AIDLEDGER_RULEBOOK, else the packaged default) becomes the one
