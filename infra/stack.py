@@ -161,6 +161,7 @@ class Stack:
     bootstrap: str = ""
     database_url: str = ""
     children: dict[str, Child] = field(default_factory=dict)
+    broker_restarts: int = 0
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -309,10 +310,41 @@ class Stack:
                 restarted.append(child.name)
         if restarted:
             self._write_endpoints()
-        for name, server in (("broker", self.broker), ("postgres", self.postgres)):
-            if server is not None and not server.alive():
-                raise StackError(f"the embedded {name} stopped; see {server.log_path}")
+        if self.broker is not None and not self.broker.alive():
+            self.recover_broker()
+            restarted.append("broker")
+        if self.postgres is not None and not self.postgres.alive():
+            raise StackError(f"the embedded postgres stopped; see {self.postgres.log_path}")
         return restarted
+
+    def recover_broker(self) -> None:
+        """The embedded broker keeps its log in memory, so a broker that stopped took the log with
+        it; the outbox in PostgreSQL still holds every accepted record. Start a new broker on the
+        same port, create the topics, and restart every process that reads or writes Kafka: the
+        relay finds the log behind what it had published and publishes the outbox again from the
+        start, the workers rebuild their state from that log (their changelogs went with the
+        broker), and the projector reads it from offset zero (its rows are keyed by identities,
+        so what it had projected stays as it was). The gateway goes on answering throughout: it
+        needs PostgreSQL only."""
+        from projections.projector import PROJECTOR_NAME
+        from projections.writer import forget_offsets
+
+        log.warning("the embedded broker stopped (see %s); starting a new one and re-publishing the outbox",
+                    self.broker.log_path)
+        on_kafka = [c for c in self.children.values() if c.name != "gateway"]
+        for child in on_kafka:
+            self.stop_child(child, timeout_s=5.0)
+        self.broker.stop()
+        self.broker = embedded.start_broker(self.home, self.stack.broker_port)
+        kafka.create_topics(self.bootstrap, list(declared_topics(self.stack).values()), self.stack.replication)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            forget_offsets(conn, PROJECTOR_NAME)
+        for child in on_kafka:
+            child.restarts += 1
+            child.restart_at = 0.0
+            self._spawn(child)
+        self.broker_restarts += 1
+        self._write_endpoints()
 
     def wait_caught_up(self, timeout_s: float, poll_s: float = 0.2) -> float:
         """Supervise until everything ingested is processed and projected; returns the seconds
