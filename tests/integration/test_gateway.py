@@ -66,7 +66,9 @@ def _keys_under(stack, prefix: str) -> int:
         return conn.execute("SELECT count(*) FROM ledger.intake_keys WHERE source_ref LIKE %s", (prefix + "%",)).fetchone()[0]
 
 
-def test_the_openapi_document_and_docs_are_served(base):
+def test_the_openapi_document_and_docs_are_served(stack, base):
+    recorded = json.loads((stack.home / "endpoints.json").read_text())
+    assert recorded["gateway"] == base and recorded["metrics"]["gateway"] == base + "/metrics"
     doc = call(base, "GET", "/openapi.json")
     assert doc.status == 200
     paths = doc.body["paths"]
