@@ -29,9 +29,11 @@ def stack(tmp_path_factory):
                                  "AIDLEDGER_GATEWAY_MAX_BODY_BYTES": "1048576"}
     s = Stack(home, env)
     s.start()
-    wait_until(lambda: _answers(s.gateway_url()), 60, "the gateway to answer")
-    yield s
-    s.stop()
+    try:
+        wait_until(lambda: _answers(s.gateway_url()), 60, "the gateway to answer")
+        yield s
+    finally:
+        s.stop()
 
 
 @pytest.fixture(scope="module")

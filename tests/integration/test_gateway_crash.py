@@ -33,9 +33,11 @@ def stack(tmp_path_factory):
     env = stack_environ(home) | {"AIDLEDGER_GATEWAY_RATE_PER_S": "1000", "AIDLEDGER_GATEWAY_BURST": "1000"}
     s = Stack(home, env)
     s.start()
-    wait_until(lambda: _answers(s.gateway_url()), 60, "the gateway to answer")
-    yield s
-    s.stop()
+    try:
+        wait_until(lambda: _answers(s.gateway_url()), 60, "the gateway to answer")
+        yield s
+    finally:
+        s.stop()
 
 
 def _answers(base: str) -> bool:
