@@ -125,7 +125,28 @@ WIRE_CODES: tuple[str, ...] = (
     "avro_body_malformed",
 )
 
-ALL_CODES: tuple[str, ...] = tuple(dict.fromkeys(INTAKE_CODES + REVERSAL_INTAKE_CODES + STREAM_CODES + WIRE_CODES))
+# Codes of the HTTP gateway (connectors.gateway), in the order a request is checked. A record in
+# a request is then checked with INTAKE_CODES or REVERSAL_INTAKE_CODES, then for scope, then for
+# its idempotency key (`exists` or `exists_with_different_<field>`).
+GATEWAY_CODES: tuple[str, ...] = (
+    "body_too_large",  # more bytes than AIDLEDGER_GATEWAY_MAX_BODY_BYTES (declared or sent)
+    "unauthenticated",  # no API key, a malformed one, an unknown one or a revoked one
+    "rate_limited",  # the client's token bucket is empty
+    "body_not_json",  # not UTF-8 JSON
+    "batch_must_be_an_object",  # a batch is {"count": n, "total_idr": t, "records": [...]}
+    "batch_declaration_invalid",  # count or total_idr not a whole number >= 0, records not a list
+    "batch_too_large",  # more than 1,000 records
+    "batch_declaration_mismatch",  # count or total_idr differ from the records sent
+    "batch_has_rejected_records",  # some record failed intake: the batch is rejected whole
+    "agency_out_of_scope",  # another agency's code, programme or source system
+    "batch_has_conflicts",  # some record's key exists with other content: the batch is rejected whole
+    "not_found",  # nothing under that key that this agency may read
+    "request_invalid",  # a path or query parameter the framework could not read
+    "storage_unavailable",  # PostgreSQL did not commit: nothing was accepted, retry
+)
+
+ALL_CODES: tuple[str, ...] = tuple(dict.fromkeys(INTAKE_CODES + REVERSAL_INTAKE_CODES + STREAM_CODES + WIRE_CODES
+                                                 + GATEWAY_CODES))
 
 
 def exists_with_different(field: str) -> str:

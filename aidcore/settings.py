@@ -87,7 +87,19 @@ class RelaySettings(_Group):
     poll_interval_ms: int = _setting("AIDLEDGER_RELAY_POLL_INTERVAL_MS", 500, "poll interval when no NOTIFY arrives")
 
 
-ALL_GROUPS = (StackSettings, WorkerSettings, ProjectorSettings, RelaySettings)
+@dataclass(frozen=True)
+class GatewaySettings(_Group):
+    """The HTTP gateway (agencies submit and read over HTTP)."""
+
+    host: str = _setting("AIDLEDGER_GATEWAY_HOST", "127.0.0.1", "address the gateway listens on (0.0.0.0 to serve other machines, behind TLS)")
+    port: int = _setting("AIDLEDGER_GATEWAY_PORT", 8090, "port of the HTTP gateway (its /metrics too)")
+    max_body_bytes: int = _setting("AIDLEDGER_GATEWAY_MAX_BODY_BYTES", 2_097_152, "largest request body accepted; larger gets 413 body_too_large")
+    rate_per_s: float = _setting("AIDLEDGER_GATEWAY_RATE_PER_S", 20.0, "requests per second each client (API key, or address without one) may make on average; beyond gets 429 rate_limited")
+    burst: int = _setting("AIDLEDGER_GATEWAY_BURST", 40, "requests a client may make at once before the rate applies")
+    connections: int = _setting("AIDLEDGER_GATEWAY_CONNECTIONS", 4, "PostgreSQL connections of the gateway (requests wait for a free one)")
+
+
+ALL_GROUPS = (StackSettings, WorkerSettings, ProjectorSettings, RelaySettings, GatewaySettings)
 
 
 def consumer_group(stack: StackSettings) -> str:

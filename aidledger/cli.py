@@ -87,6 +87,8 @@ def _print_endpoints(ep: dict) -> None:
     print(f"home:            {ep['home']}")
     print(f"kafka bootstrap: {ep['kafka_bootstrap']}{' (embedded)' if ep['embedded_broker'] else ''}")
     print(f"database url:    {ep['database_url']}{' (embedded)' if ep['embedded_postgres'] else ''}")
+    if ep.get("gateway"):
+        print(f"gateway:         {ep['gateway']} (OpenAPI {ep['gateway']}/openapi.json, docs {ep['gateway']}/docs)")
     for name, url in ep["metrics"].items():
         print(f"metrics {name + ':':<12} {url}")
     print(f"topics:          {', '.join(ep['topics'].values())}", flush=True)
@@ -146,6 +148,65 @@ def cmd_relay(args) -> int:
     settings = RelaySettings.from_env(os.environ)
     start_http_server(settings.metrics_port, addr="127.0.0.1")
     return _run_service(lambda stop: run_relay(stack.database_url, stack.kafka_bootstrap, settings, stop))
+
+
+def cmd_gateway(args) -> int:
+    from aidcore.settings import GatewaySettings
+    from connectors.gateway import GatewayContext, serve
+    from infra.stack import token_key
+    from schemas.topics import declared_topics
+
+    stack = _stack()
+    _setup_logging(stack.log_level)
+    topics = declared_topics(stack)
+    serve(GatewaySettings.from_env(os.environ), GatewayContext(
+        stack.database_url, token_key(stack, _home(args)), default_reference(), topics["ledger"].name,
+        topics["alerts"].name))
+    return 0
+
+
+def cmd_agencies(args) -> int:
+    """add CODE --programmes P,Q [--source-systems S] | key CODE | revoke CODE [--key KEY_ID] | list."""
+    import psycopg
+
+    from aidcore.agencies import check_codes, parse_codes
+    from connectors import agencies
+
+    _, dsn = resolve_endpoints(_home(args))
+    if args.action != "list" and not args.code:
+        print(f"aidledger agencies {args.action}: name the agency code", file=sys.stderr)
+        return 2
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            if args.action == "list":
+                rows = [a.as_dict() for a in agencies.listing(conn)]
+                if args.json:
+                    _dump({"agencies": rows})
+                for a in rows if not args.json else ():
+                    live = ",".join(k["key_id"] for k in a["keys"] if not k["revoked_at"]) or "-"
+                    print(f"{a['agency_code']:<20} programmes {','.join(a['programmes'])}  source systems "
+                          f"{','.join(a['source_systems'])}  keys {live}{'  REVOKED' if a['revoked_at'] else ''}")
+                return 0
+            if args.action == "revoke":
+                n = agencies.revoke(conn, args.code, args.key)
+                print(f"revoked {n} key(s) of {args.code}{'' if args.key else ' and the agency'}")
+                return 0
+            if args.action == "add":
+                programmes = parse_codes(args.programmes or "")
+                unknown = check_codes(programmes, default_reference().programmes)
+                if unknown or not programmes:
+                    print(f"aidledger agencies add: --programmes needs known programme codes (unknown: {unknown})",
+                          file=sys.stderr)
+                    return 2
+                key = agencies.add_agency(conn, args.code, programmes, parse_codes(args.source_systems or args.code))
+            else:
+                key = agencies.add_key(conn, args.code)
+        except agencies.AgencyError as err:
+            print(f"aidledger agencies: {err}", file=sys.stderr)
+            return 1
+    print(f"API key of {args.code} (key id {key.key_id}); it is shown only now, store it safely:")
+    print(key.clear_key)
+    return 0
 
 
 # --- intake ---------------------------------------------------------------------------------
@@ -469,6 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("baseline", cmd_baseline, "(benchmark only) the straightforward per-event Faust worker")
     p.add_argument("--metrics-port", type=int, required=True)
     add("relay", cmd_relay, "(internal) the outbox relay process")
+    add("gateway", cmd_gateway, "(internal) the HTTP gateway process")
+    p = add("agencies", cmd_agencies, "agencies that submit over HTTP: add one (prints its API key once), "
+                                      "issue another key, revoke, list")
+    p.add_argument("action", choices=["add", "key", "revoke", "list"])
+    p.add_argument("code", nargs="?", help="the agency code")
+    p.add_argument("--programmes", help="add: programme codes it may submit for, e.g. PKH,BPNT")
+    p.add_argument("--source-systems", help="add: source systems whose references it owns (default: the agency code)")
+    p.add_argument("--key", help="revoke: only this key id")
+    p.add_argument("--json", action="store_true")
     return parser
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import psycopg
 
 from aidcore.intake import Accepted, AcceptedReversal, Rejection, Reversal, validate_any
+from aidcore.outcomes import ACCEPTED, EXISTS
 from aidcore.ledger import (
     RULE_MODIFIED_RESUBMISSION,
     Payment,
@@ -232,28 +233,8 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
                                                   ident.provisional_id, ident.recipient_name)
                 if d.kk_token and ident.kk:
                     households[d.kk_token] = (d.kk_token, ident.kk)
-            if new_keys:
-                with cur.copy("COPY ledger.intake_keys (source_system, source_ref, event_id, person_token, digests,"
-                              " programme_code, period, amount_idr, disbursed_at_us, region_code, source_type) FROM STDIN") as copy:
-                    for row in new_keys:
-                        copy.write_row(row)
+            inserted = _write(cur, new_keys, outbox_rows, identities, households)
             if outbox_rows:
-                cur.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS stage_outbox (ord int, event_id uuid, topic text, key bytea,"
-                    " value bytea, recorded_at timestamptz) ON COMMIT DELETE ROWS"
-                )
-                with cur.copy("COPY stage_outbox FROM STDIN") as copy:
-                    for ord_, row in enumerate(outbox_rows):
-                        copy.write_row((ord_, *row))
-                # outbox order is input order: it is the order of each person's events on the log
-                cur.execute(
-                    "INSERT INTO ledger.outbox (event_id, topic, key, value, recorded_at)"
-                    " SELECT event_id, topic, key, value, recorded_at FROM"
-                    " (SELECT DISTINCT ON (event_id) * FROM stage_outbox ORDER BY event_id, ord) s"
-                    " ORDER BY ord"
-                    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id::text"
-                )
-                inserted = {r[0] for r in cur.fetchall()}
                 for event_id, (programme, amount) in by_event.items():
                     if event_id in inserted:
                         report.accepted += 1
@@ -261,11 +242,6 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
                         report.accepted_idr_by_programme[programme] += amount
                     else:
                         report.redelivered += 1
-                _copy_upsert(cur, "vault.identity", ("person_token", "identity_kind", "nik", "provisional_id", "recipient_name"),
-                             identities.values())
-                if households:
-                    _copy_upsert(cur, "vault.household", ("kk_token", "kk"), households.values())
-                cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
             if rejections:
                 cur.executemany(
                     "INSERT INTO ledger.intake_rejections (batch_id, row_number, field, code, message, source_system, source_ref)"
@@ -275,6 +251,138 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
 
 
 _KEYS_LOCK = 0x41_49_44_4B  # "AIDK"
+
+
+def _write(cur, new_keys, outbox_rows, identities: dict, households: dict) -> set[str]:
+    """Within the caller's transaction: the new idempotency keys, the outbox rows (in the order
+    given) and the vault rows; returns the event ids the outbox did not hold yet."""
+    if new_keys:
+        with cur.copy("COPY ledger.intake_keys (source_system, source_ref, event_id, person_token, digests,"
+                      " programme_code, period, amount_idr, disbursed_at_us, region_code, source_type) FROM STDIN") as copy:
+            for row in new_keys:
+                copy.write_row(row)
+    if not outbox_rows:
+        return set()
+    cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS stage_outbox (ord int, event_id uuid, topic text, key bytea,"
+        " value bytea, recorded_at timestamptz) ON COMMIT DELETE ROWS"
+    )
+    with cur.copy("COPY stage_outbox FROM STDIN") as copy:
+        for ord_, row in enumerate(outbox_rows):
+            copy.write_row((ord_, *row))
+    # outbox order is input order: it is the order of each person's events on the log
+    cur.execute(
+        "INSERT INTO ledger.outbox (event_id, topic, key, value, recorded_at)"
+        " SELECT event_id, topic, key, value, recorded_at FROM"
+        " (SELECT DISTINCT ON (event_id) * FROM stage_outbox ORDER BY event_id, ord) s"
+        " ORDER BY ord"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id::text"
+    )
+    inserted = {r[0] for r in cur.fetchall()}
+    if identities:
+        _copy_upsert(cur, "vault.identity", ("person_token", "identity_kind", "nik", "provisional_id", "recipient_name"),
+                     identities.values())
+    if households:
+        _copy_upsert(cur, "vault.household", ("kk_token", "kk"), households.values())
+    cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return inserted
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What became of one record handed to `submit`."""
+
+    outcome: str  # `accepted`, `exists` (sent before with the same content) or `exists_with_different_<field>`
+    event_id: str
+    source_system: str
+    source_ref: str
+
+    @property
+    def redelivered(self) -> bool:
+        return self.outcome == EXISTS
+
+    @property
+    def conflict(self) -> bool:
+        return self.outcome.startswith("exists_with_different_")
+
+
+BATCH_HAS_CONFLICTS = "batch_has_conflicts"  # the outcome of a new record not written because another conflicted
+
+
+def submit(conn: psycopg.Connection, items: list[Accepted | AcceptedReversal], *, ledger_topic: str, alerts_topic: str,
+           reference: Reference, rulebook: Rulebook, now_us: int) -> list[Submitted]:
+    """Records validated by the core, decided against every idempotency key at the door and
+    written durably all together or not at all, in one transaction (the HTTP gateway's path).
+
+    A key sent before with the same content is `exists` and writes nothing. A key sent before
+    with other content is a conflict, `exists_with_different_<field>`: then no record of `items`
+    is written, only the modified-resubmission alerts (when the rulebook has that rule on). On
+    return without an exception, everything `accepted` is committed.
+    """
+    if not conn.autocommit:
+        raise ValueError("submit needs an autocommit connection: its transaction must really commit")
+    results: list[Submitted] = []
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_KEYS_LOCK,))
+            candidates = list(enumerate(items))
+            known = _known_keys(cur, candidates)
+            outbox_rows, new_keys, identities, households, alert_rows = [], [], {}, {}, []
+            for _, acc in candidates:
+                d = _event(acc)
+                key = (d.source_system, d.source_ref)
+                original = known.get(key)
+                if original is not None:
+                    code = resubmission_outcome(original.event_id, original.digests, d,
+                                                original_is_reversal=original.payment.is_reversal)
+                    results.append(Submitted(code, original.event_id if code == EXISTS else d.event_id, *key))
+                    if code != EXISTS and RULE_MODIFIED_RESUBMISSION in rulebook.enabled:
+                        alert = modified_resubmission_alert(d, original.payment, original.person_token, code, rulebook,
+                                                            reference, now_us)
+                        alert_rows.append((_alert_row_id(alert), alerts_topic, alert.subject_token.encode(),
+                                           codec.encode_alert(alert), _ts(now_us)))
+                    continue
+                digests = d.digests()
+                if isinstance(d, Reversal):
+                    known[key] = _KnownKey(d.event_id, d.person_token, digests, _reversal_payment(d))
+                    new_keys.append((d.source_system, d.source_ref, d.event_id, d.person_token, digests, "", "",
+                                     d.amount_idr, d.reversed_at_us, "", ""))
+                    outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(), codec.encode_reversal(d),
+                                        _ts(d.recorded_at_us)))
+                else:
+                    known[key] = _KnownKey(d.event_id, d.person_token, digests, payment_of(d, digests))
+                    new_keys.append((d.source_system, d.source_ref, d.event_id, d.person_token, digests, d.programme_code,
+                                     d.period, d.amount_idr, d.disbursed_at_us, d.region_code, d.source_type))
+                    outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(),
+                                        codec.encode_disbursement(d), _ts(d.recorded_at_us)))
+                    ident = acc.identity
+                    identities[ident.person_token] = (ident.person_token, ident.identity_kind, ident.nik,
+                                                      ident.provisional_id, ident.recipient_name)
+                    if d.kk_token and ident.kk:
+                        households[d.kk_token] = (d.kk_token, ident.kk)
+                results.append(Submitted(ACCEPTED, d.event_id, *key))
+            if any(r.conflict for r in results):
+                _write(cur, [], alert_rows, {}, {})
+                # the records that were new are not written: the request is rejected whole
+                return [r if r.outcome != ACCEPTED else Submitted(BATCH_HAS_CONFLICTS, r.event_id, r.source_system,
+                                                                   r.source_ref) for r in results]
+            _write(cur, new_keys, outbox_rows, identities, households)
+    return results
+
+
+def recorded(conn: psycopg.Connection, source_system: str, source_ref: str):
+    """The event recorded under an idempotency key, decoded from the outbox (tokens only, never a
+    clear NIK), with whether the projection has it and its outcome there; None when unknown."""
+    row = conn.execute(
+        "SELECT o.value, o.recorded_at, e.accepted, e.outcome FROM ledger.intake_keys k"
+        " JOIN ledger.outbox o ON o.event_id = k.event_id"
+        " LEFT JOIN ledger.events e ON e.event_id = k.event_id"
+        " WHERE k.source_system = %s AND k.source_ref = %s", (source_system, source_ref),
+    ).fetchone()
+    if row is None:
+        return None
+    value, recorded_at, accepted, outcome = row
+    return codec.decode_ledger_values([bytes(value)])[0], recorded_at, accepted, outcome
 
 
 def _copy_upsert(cur, table: str, columns: tuple[str, ...], rows) -> None:

@@ -4,6 +4,13 @@ records, which downstream recognises by event id. Woken by NOTIFY, with a pollin
 
 The producer uses acks=all without the idempotent-producer protocol: the embedded broker answers
 InitProducerId with an error for aiokafka, and duplicates are harmless here anyway.
+
+A broker that lost its log (the embedded broker keeps it in memory, so every restart does) is
+noticed at start and while publishing: a partition whose end lies before what the relay saw
+acknowledged there (ledger.relay_offsets), or a record acknowledged at an offset below it. The
+relay then publishes the whole outbox again from the start, in sequence order; downstream every
+record is recognised by its event id. It refuses to publish while a topic it published to is
+missing, so the broker cannot auto-create it with the wrong partition count.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 from collections import defaultdict
 
 import psycopg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from aidcore.settings import RelaySettings
@@ -23,7 +30,13 @@ log = logging.getLogger(__name__)
 
 PUBLISHED = Counter("aidledger_relay_published_total", "Outbox records published to Kafka")
 BACKLOG = Gauge("aidledger_relay_backlog_records", "Outbox records not yet published")
+REPUBLISHED = Counter("aidledger_relay_log_lost_total",
+                      "Times the broker was found to have lost records it had acknowledged, so the outbox was re-published from the start")
 RELAY_NAME = "main"
+
+
+class RelayError(RuntimeError):
+    pass
 
 
 async def run_relay(database_url: str, bootstrap: str, settings: RelaySettings, stop: asyncio.Event | None = None) -> None:
@@ -39,6 +52,10 @@ async def run_relay(database_url: str, bootstrap: str, settings: RelaySettings, 
     try:
         row = await (await conn.execute("SELECT last_seq FROM ledger.relay_cursor WHERE relay = %s", (RELAY_NAME,))).fetchone()
         cursor = row[0] if row else 0
+        published = await _published_ends(conn)
+        lost = await _log_behind(bootstrap, published)
+        if lost:
+            cursor, published = await _start_over(conn, lost)
         log.info("relay starting after outbox seq %d", cursor)
         while not stop.is_set():
             rows = await (
@@ -55,9 +72,17 @@ async def run_relay(database_url: str, bootstrap: str, settings: RelaySettings, 
                        for _, topic, key, value, partition in rows]
             metas = await asyncio.gather(*futures)
             ends: dict[tuple[str, int], int] = defaultdict(int)
+            went_back = []
             for meta in metas:
                 k = (meta.topic, meta.partition)
                 ends[k] = max(ends[k], meta.offset + 1)
+                if meta.offset < published.get(k, 0):
+                    went_back.append(f"{meta.topic}[{meta.partition}] acknowledged offset {meta.offset},"
+                                     f" below {published[k]} acknowledged before")
+            if went_back:
+                cursor, published = await _start_over(conn, went_back[:3])
+                continue
+            published.update(ends)
             cursor = rows[-1][0]
             async with conn.transaction():
                 await conn.execute(
@@ -86,3 +111,54 @@ async def _wait_for_notify(listener: psycopg.AsyncConnection, timeout_s: float, 
             break
     except asyncio.CancelledError:
         raise
+
+
+async def _published_ends(conn: psycopg.AsyncConnection) -> dict[tuple[str, int], int]:
+    rows = await (await conn.execute("SELECT topic, partition, next_offset FROM ledger.relay_offsets")).fetchall()
+    return {(t, p): n for t, p, n in rows}
+
+
+async def _log_behind(bootstrap: str, published: dict[tuple[str, int], int], timeout_s: float = 30.0) -> list[str]:
+    """The partitions whose end lies before what was acknowledged there: the broker lost them.
+    Ends come from the high watermark in fetch responses (the embedded broker's ListOffsets
+    answer is wrong)."""
+    if not published:
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=1024, fetch_max_bytes=64 * 1024, fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        missing = sorted({t for t, _ in published} - set(await consumer.topics()))
+        if missing:
+            raise RelayError(f"the broker lacks the topics {missing} that the relay published to; create them with their"
+                             " partition counts (`aidledger up` does) before the relay publishes again")
+        tps = [TopicPartition(t, p) for t, p in published]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        marks: dict[TopicPartition, int] = {}
+        while len(marks) < len(tps):
+            await consumer.getmany(timeout_ms=100, max_records=1)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    marks[tp] = hw
+            if asyncio.get_running_loop().time() > deadline:
+                raise RelayError("the broker gave no end offsets for the relay's partitions")
+        return [f"{tp.topic}[{tp.partition}] ends at {marks[tp]}, {published[(tp.topic, tp.partition)]} were acknowledged"
+                for tp in tps if marks[tp] < published[(tp.topic, tp.partition)]]
+    finally:
+        await consumer.stop()
+
+
+async def _start_over(conn: psycopg.AsyncConnection, why: list[str]) -> tuple[int, dict[tuple[str, int], int]]:
+    """Forget what was published: the next rounds publish the outbox from its first record."""
+    log.warning("the broker lost records it had acknowledged (%s%s); publishing the outbox again from the start",
+                "; ".join(why[:3]), " ..." if len(why) > 3 else "")
+    async with conn.transaction():
+        await conn.execute("DELETE FROM ledger.relay_offsets")
+        await conn.execute(
+            "INSERT INTO ledger.relay_cursor (relay, last_seq) VALUES (%s, 0)"
+            " ON CONFLICT (relay) DO UPDATE SET last_seq = 0", (RELAY_NAME,))
+    REPUBLISHED.inc()
+    return 0, {}

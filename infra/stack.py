@@ -24,7 +24,7 @@ from typing import Mapping
 
 import psycopg
 
-from aidcore.settings import ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
+from aidcore.settings import GatewaySettings, ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
 from infra import embedded, kafka
 from projections.migrate import migrate
 from projections.queries import progress
@@ -118,6 +118,7 @@ PORT_VARIABLES = (
     "AIDLEDGER_WORKER_METRICS_PORT",
     "AIDLEDGER_PROJECTOR_METRICS_PORT",
     "AIDLEDGER_RELAY_METRICS_PORT",
+    "AIDLEDGER_GATEWAY_PORT",
 )
 
 
@@ -160,6 +161,7 @@ class Stack:
     bootstrap: str = ""
     database_url: str = ""
     children: dict[str, Child] = field(default_factory=dict)
+    broker_restarts: int = 0
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -172,6 +174,7 @@ class Stack:
         ports = {
             "AIDLEDGER_PROJECTOR_METRICS_PORT": ProjectorSettings.from_env(self.environ).metrics_port,
             "AIDLEDGER_RELAY_METRICS_PORT": RelaySettings.from_env(self.environ).metrics_port,
+            "AIDLEDGER_GATEWAY_PORT": GatewaySettings.from_env(self.environ).port,
         }
         for i in range(self.workers):
             ports[f"AIDLEDGER_WORKER_METRICS_PORT (+{i})"] = worker.metrics_port + i
@@ -213,6 +216,7 @@ class Stack:
             self.children["projector"] = Child("projector", ["project"])
             for i in range(self.workers):
                 self.children[f"worker-{i}"] = Child(f"worker-{i}", ["worker", "--index", str(i)])
+            self.children["gateway"] = Child("gateway", ["gateway"])
             for child in self.children.values():
                 self._spawn(child)
             self._write_endpoints()
@@ -245,7 +249,9 @@ class Stack:
         metrics = {f"worker-{i}": f"http://127.0.0.1:{worker.metrics_port + i}/metrics" for i in range(self.workers)}
         metrics["projector"] = f"http://127.0.0.1:{ProjectorSettings.from_env(self.environ).metrics_port}/metrics"
         metrics["relay"] = f"http://127.0.0.1:{RelaySettings.from_env(self.environ).metrics_port}/metrics"
+        metrics["gateway"] = f"{self.gateway_url()}/metrics"
         return {
+            "gateway": self.gateway_url(),
             "home": str(self.home),
             "kafka_bootstrap": self.bootstrap,
             "database_url": self.database_url,
@@ -257,6 +263,11 @@ class Stack:
             "metrics": metrics,
             "children": {name: c.process.pid for name, c in self.children.items() if c.process},
         }
+
+    def gateway_url(self) -> str:
+        gateway = GatewaySettings.from_env(self.environ)
+        host = "127.0.0.1" if gateway.host in ("0.0.0.0", "") else gateway.host
+        return f"http://{host}:{gateway.port}"
 
     def _put_rulebook_in_force(self) -> None:
         """The configured rulebook (AIDLEDGER_RULEBOOK, else the packaged default) becomes the one
@@ -299,10 +310,41 @@ class Stack:
                 restarted.append(child.name)
         if restarted:
             self._write_endpoints()
-        for name, server in (("broker", self.broker), ("postgres", self.postgres)):
-            if server is not None and not server.alive():
-                raise StackError(f"the embedded {name} stopped; see {server.log_path}")
+        if self.broker is not None and not self.broker.alive():
+            self.recover_broker()
+            restarted.append("broker")
+        if self.postgres is not None and not self.postgres.alive():
+            raise StackError(f"the embedded postgres stopped; see {self.postgres.log_path}")
         return restarted
+
+    def recover_broker(self) -> None:
+        """The embedded broker keeps its log in memory, so a broker that stopped took the log with
+        it; the outbox in PostgreSQL still holds every accepted record. Start a new broker on the
+        same port, create the topics, and restart every process that reads or writes Kafka: the
+        relay finds the log behind what it had published and publishes the outbox again from the
+        start, the workers rebuild their state from that log (their changelogs went with the
+        broker), and the projector reads it from offset zero (its rows are keyed by identities,
+        so what it had projected stays as it was). The gateway goes on answering throughout: it
+        needs PostgreSQL only."""
+        from projections.projector import PROJECTOR_NAME
+        from projections.writer import forget_offsets
+
+        log.warning("the embedded broker stopped (see %s); starting a new one and re-publishing the outbox",
+                    self.broker.log_path)
+        on_kafka = [c for c in self.children.values() if c.name != "gateway"]
+        for child in on_kafka:
+            self.stop_child(child, timeout_s=5.0)
+        self.broker.stop()
+        self.broker = embedded.start_broker(self.home, self.stack.broker_port)
+        kafka.create_topics(self.bootstrap, list(declared_topics(self.stack).values()), self.stack.replication)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            forget_offsets(conn, PROJECTOR_NAME)
+        for child in on_kafka:
+            child.restarts += 1
+            child.restart_at = 0.0
+            self._spawn(child)
+        self.broker_restarts += 1
+        self._write_endpoints()
 
     def wait_caught_up(self, timeout_s: float, poll_s: float = 0.2) -> float:
         """Supervise until everything ingested is processed and projected; returns the seconds

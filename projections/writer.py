@@ -257,3 +257,10 @@ def tracked_offsets(conn: psycopg.Connection, projector: str) -> dict[tuple[str,
         "SELECT topic, partition, next_offset FROM ledger.tracking WHERE projector = %s", (projector,)
     ).fetchall()
     return {(t, p): o for t, p, o in rows}
+
+
+def forget_offsets(conn: psycopg.Connection, projector: str) -> int:
+    """Drop a projector's tracking records, so it reads every partition again from offset zero:
+    for a log that was re-published into a broker that lost it, where old offsets mean nothing.
+    Re-reading is a no-op for what was projected before (rows are keyed by their identities)."""
+    return conn.execute("DELETE FROM ledger.tracking WHERE projector = %s", (projector,)).rowcount
