@@ -186,7 +186,7 @@ def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
         if lookups is not None:
             known = _lookup_results(*lookups, originals)
             fresh = [(r, v) for r, v in decoded if v[_EVENT_ID] not in known]
-            rows, totals = decide_events(fresh, originals, stats)
+            rows, totals = _decide_events(fresh, originals, stats)
             stats.events_new += len(rows)
         _copy_events(conn, rows, meanwhile=lambda: decoding.more(_SLICE // 2))
         decoded = decoding.take()
@@ -241,17 +241,17 @@ def _send_lookups(conn: psycopg.Connection, part: Sequence[tuple[Record, tuple]]
     Keys of events that turn out to be archived are looked up too; their originals are the
     archive's all the same."""
     known_cur, originals_cur = conn.cursor(), conn.cursor()
-    known_cur.execute(
-        "SELECT event_id::text FROM ledger.events WHERE event_id = ANY(%b::uuid[])",
-        ([v[_EVENT_ID] for _, v in part],),
-    )
-    originals_cur.execute(
-        "SELECT o.value FROM unnest(%b::text[], %b::text[]) AS k(source_system, source_ref)"
-        " CROSS JOIN LATERAL (SELECT e.value FROM ledger.events e WHERE e.accepted"
-        " AND e.source_system = k.source_system AND e.source_ref = k.source_ref LIMIT 1) o",
-        ([v[_SOURCE_SYSTEM] for _, v in part], [v[_SOURCE_REF] for _, v in part]),
-    )
+    known_cur.execute(KNOWN_EVENTS_SQL, ([v[_EVENT_ID] for _, v in part],))
+    originals_cur.execute(ORIGINALS_SQL, ([v[_SOURCE_SYSTEM] for _, v in part], [v[_SOURCE_REF] for _, v in part]))
     return known_cur, originals_cur
+
+
+KNOWN_EVENTS_SQL = "SELECT event_id::text FROM ledger.events WHERE event_id = ANY(%b::uuid[])"
+ORIGINALS_SQL = (
+    "SELECT o.value FROM unnest(%b::text[], %b::text[]) AS k(source_system, source_ref)"
+    " CROSS JOIN LATERAL (SELECT e.value FROM ledger.events e WHERE e.accepted"
+    " AND e.source_system = k.source_system AND e.source_ref = k.source_ref LIMIT 1) o"
+)
 
 
 def _lookup_results(known_cur: psycopg.Cursor, originals_cur: psycopg.Cursor, originals: Originals) -> set[str]:
@@ -264,7 +264,7 @@ def _lookup_results(known_cur: psycopg.Cursor, originals_cur: psycopg.Cursor, or
     return known
 
 
-def decide_events(fresh: Sequence[tuple[Record, tuple]], originals: Originals,
+def _decide_events(fresh: Sequence[tuple[Record, tuple]], originals: Originals,
                   stats: BatchStats) -> tuple[list[tuple], Totals]:
     """The archive rows of events not archived yet, in log order, and what the accepted ones add
     to each person's totals. The first event under a key is accepted; a later one with other
