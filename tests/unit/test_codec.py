@@ -70,6 +70,16 @@ def test_disbursement_round_trip(d):
     assert codec.decode_disbursement(codec.encode_disbursement(d)) == d
 
 
+def test_disbursement_values_are_the_fields_in_order():
+    d = disbursement(kk="")
+    assert codec.decode_disbursement_values(codec.encode_disbursement(d)) == tuple(
+        getattr(d, f) for f in d.__dataclass_fields__
+    )
+    with pytest.raises(CodecError) as caught:
+        codec.decode_disbursement_values(b"not avro")
+    assert caught.value.code == "avro_marker_invalid"
+
+
 @pytest.mark.parametrize(
     "alert",
     [duplicate_alerts(2), duplicate_alerts(3), modified_alert(amount_idr=600_000)],
