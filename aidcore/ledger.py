@@ -385,6 +385,10 @@ def _decide_reversal(event: Reversal, key: int, digests: bytes, state: dict, tok
     reversals = reversals_in(state, original.period)
     for alert in case_changes(before, after, "PERSON", token, original.period, "", rulebook, reference,
                               event.event_id, event.recorded_at_us, now_us, reversals):
+        earlier = result.alerts.get(alert.alert_id)
+        if earlier is not None and earlier.region_code:
+            # the person state keeps no village; a revision raised earlier in this batch knew it
+            alert = case_alert_with_region(alert, earlier.region_code, reference)
         result.alerts[alert.alert_id] = alert
 
 
@@ -449,6 +453,15 @@ def case_alert(case: Case, subject_kind: str, subject: str, period: str, region_
         status=status,
         threshold=threshold,
     )
+
+
+def case_alert_with_region(alert: Alert, region_code: str, reference: Reference) -> Alert:
+    """The same alert placed in a village, its words rendered again."""
+    from dataclasses import replace
+
+    return replace(alert, region_code=region_code, message=explain.message(
+        alert.rule_id, alert.subject_kind, region_code, alert.programme_code, alert.period, alert.lines,
+        alert.amount_idr_at_stake, alert.threshold, alert.status, reference))
 
 
 def describe_line(line: AlertLine) -> str:

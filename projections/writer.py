@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import struct
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, Sequence
@@ -346,7 +347,11 @@ def _project_alerts(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
             continue
         held = latest.get(a.alert_id)
         if held is None or (a.revision, a.raised_at_us) >= (held.revision, held.raised_at_us):  # type: ignore[attr-defined]
+            if held is not None and not a.region_code:  # keep the village an earlier revision knew
+                a = dataclasses.replace(a, region_code=held.region_code)  # type: ignore[attr-defined]
             latest[a.alert_id] = a
+        elif not held.region_code and a.region_code:  # type: ignore[attr-defined]
+            latest[a.alert_id] = dataclasses.replace(held, region_code=a.region_code)
         stats.alert_latencies_ms.append((a.raised_at_us - a.trigger_recorded_at_us) / 1000.0)
     params = []
     for a in latest.values():
@@ -373,6 +378,9 @@ def _project_alerts(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
         " message, first_raised_at, raised_at, trigger_event_id, latency_ms, status, threshold)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (alert_id) DO UPDATE SET revision = excluded.revision, rulebook_version = excluded.rulebook_version,"
+        # a revision a reversal made in the person stage knows no village: the case's is kept
+        " region_code = CASE WHEN excluded.region_code = '' THEN ledger.alerts.region_code"
+        " ELSE excluded.region_code END,"
         " outcome_code = excluded.outcome_code, lines = excluded.lines, amount_idr_at_stake = excluded.amount_idr_at_stake,"
         " amount_idr_total = excluded.amount_idr_total, message = excluded.message, raised_at = excluded.raised_at,"
         " trigger_event_id = excluded.trigger_event_id, latency_ms = excluded.latency_ms,"

@@ -89,6 +89,8 @@ def test_reversals_end_to_end(stack, tmp_path):
     (case,) = alerts
     assert case["status"] == "void_reversed" and case["rulebook_version"] == "short-wait"
     assert case["message"].startswith("No longer holds")
+    # the stream's void revision knows no village; the projection keeps the case's
+    assert case["region_code"] == "1871011001" and "Kota Bandar Lampung (village 1871011001)" in case["message"]
 
     wait_until(lambda: _deadletters(stack).get("reversal_original_unknown") == 1, 60,
                "the reversal of an original that never came to be dead-lettered after the wait")
