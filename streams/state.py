@@ -34,15 +34,37 @@ from streams import metrics
 
 log = logging.getLogger(__name__)
 
-# A person's payments packed into one bytes record, 90 bytes each: key hash, event id, slot
-# (programme, period, source type) index, amount, time, field digests, household (KK token
-# bytes, zeros when none), original key (of the payment a reversal reverses, 0 for a payment). A Python object per
-# payment cost ~620 bytes; packed, a person costs one dict entry and one bytes object.
-_PAYMENT = struct.Struct(">Q16sHqq24s16sQ")
+# A person's payments packed into one bytes record (see `pack`). A Python object per payment cost
+# ~620 bytes; packed, a payment costs 58 bytes in the common case.
 _SLOTS: dict[tuple[str, str, str], int] = {}
 _SLOT_VALUES: list[tuple[str, str, str]] = []
 
-_NO_HOUSEHOLD = bytes(16)
+# The layout byte that opens a person's record. Why layouts: almost every person has one household
+# and no reversal, every amount fits 32 bits (at most 500,000,000 rupiah by reference data) and
+# every time is a whole second; that common case gets the narrow fixed-width record, and a person
+# whose payments do not all fit it is packed in a wider layout, never rounded or truncated.
+_WIDE = 1  # amount and time as 8-byte integers, time in microseconds
+_REVERSAL = 2  # each payment carries the key of the payment it reverses (0 for a payment)
+_SHARED = 0  # every payment names the same household (or none): it is written once, in the header
+_INDEXED = 4  # one byte per payment: 0 for none, i for the header's i-th household
+_INLINE = 8  # a presence byte and the 16 bytes per payment: more than 255 households
+_HOUSEHOLDS = _SHARED | _INDEXED | _INLINE
+_MAX_INDEXED = 255
+_US_PER_S = 1_000_000
+
+
+def _record_struct(layout: int) -> struct.Struct:
+    household = {_SHARED: "", _INDEXED: "B", _INLINE: "B16s"}[layout & _HOUSEHOLDS]
+    amount_time = "qq" if layout & _WIDE else "iI"
+    original = "Q" if layout & _REVERSAL else ""
+    return struct.Struct(f">{household}Q16sH{amount_time}24s{original}")
+
+
+_RECORDS = {layout: _record_struct(layout) for mode in (_SHARED, _INDEXED, _INLINE)
+            for layout in (mode, mode | _WIDE, mode | _REVERSAL, mode | _WIDE | _REVERSAL)}
+_COMPACT = _RECORDS[_SHARED]  # 58 bytes: key, event id, slot, amount, second, field digests
+_NO_HOUSEHOLD = b""
+
 PartitionState = dict[bytes, bytes]  # 16-byte person token -> packed payments
 
 
@@ -57,22 +79,143 @@ def _slot(programme: str, period: str, source_type: str) -> int:
     return index
 
 
+class _Uncommon(Exception):
+    """A person the common layout cannot hold exactly."""
+
+
 def pack(person: Mapping[int, Payment]) -> bytes:
+    """One person's payments as bytes: a layout byte, a household count, the households, then one
+    fixed-width record per payment in the layout's format. `unpack` returns every field exactly."""
+    try:
+        return _pack_common(person)
+    except (_Uncommon, struct.error):
+        return _pack_any(person)
+
+
+def _pack_common(person: Mapping[int, Payment]) -> bytes:
+    """The hot path of `store`: one pass, one struct call per payment, raising _Uncommon (or
+    struct.error for a wide amount) as soon as a payment needs another layout."""
+    records = bytearray()
+    slots, fmt = _SLOTS, _COMPACT.pack
+    shared = None
+    for key, (event_id, programme, period, amount, digests, at_us, source_type, household, original) in person.items():
+        if shared is None:
+            shared = household
+        elif household != shared:
+            raise _Uncommon
+        seconds, micro = divmod(at_us, _US_PER_S)
+        if micro or original or len(event_id) != 16 or len(digests) != 24:
+            raise _Uncommon
+        slot = slots.get((programme, period, source_type))
+        if slot is None:
+            slot = _slot(programme, period, source_type)
+        records += fmt(key, event_id, slot, amount, seconds, digests)
+    if not shared:
+        return b"\0\0" + records
+    if len(shared) != 16:
+        raise _Uncommon
+    return b"\0\1" + shared + records
+
+
+def _pack_any(person: Mapping[int, Payment]) -> bytes:
+    """Any person, in the narrowest layout that holds all of its payments exactly."""
+    for p in person.values():
+        _check_widths(p)
+    households, mode, reversal = _households(person.values())
+    layout = mode | (_REVERSAL if reversal else 0)
+    header = bytes((len(households),)) + b"".join(households)
+    try:
+        return bytes((layout,)) + header + _pack_records(layout, person, households)
+    except (_Uncommon, struct.error):
+        return bytes((layout | _WIDE,)) + header + _pack_records(layout | _WIDE, person, households)
+
+
+def _households(payments: Iterable[Payment]) -> tuple[list[bytes], int, bool]:
+    """The person's distinct households in first-seen order, the household mode, and whether any
+    payment is a reversal."""
+    seen: dict[bytes, None] = {}
+    none = reversal = False
+    for p in payments:
+        if p.household:
+            seen[p.household] = None
+        else:
+            none = True
+        if p.original_key:
+            reversal = True
+    households = list(seen)
+    if not households or (len(households) == 1 and not none):
+        return households, _SHARED, reversal
+    if len(households) <= _MAX_INDEXED:
+        return households, _INDEXED, reversal
+    return [], _INLINE, reversal
+
+
+def _pack_records(layout: int, person: Mapping[int, Payment], households: list[bytes]) -> bytes:
+    fmt = _RECORDS[layout]
+    mode = layout & _HOUSEHOLDS
+    index = {h: i + 1 for i, h in enumerate(households)}
     out = bytearray()
     for key, p in person.items():
-        out += _PAYMENT.pack(key, p.event_id, _slot(p.programme_code, p.period, p.source_type), p.amount_idr,
-                             p.disbursed_at_us, p.digests, p.household, p.original_key)
+        at = p.disbursed_at_us
+        if not layout & _WIDE:
+            at, micro = divmod(at, _US_PER_S)
+            if micro:
+                raise _Uncommon
+        fields = [key, p.event_id, _slot(p.programme_code, p.period, p.source_type), p.amount_idr, at, p.digests]
+        if layout & _REVERSAL:
+            fields.append(p.original_key)
+        if mode == _INDEXED:
+            fields.insert(0, index.get(p.household, 0))
+        elif mode == _INLINE:
+            fields[0:0] = [1 if p.household else 0, p.household]
+        out += fmt.pack(*fields)
     return bytes(out)
 
 
+def _check_widths(p: Payment) -> None:
+    """struct pads or cuts a short or long bytes field silently; a state that changed a value
+    would decide wrongly, so refuse instead."""
+    if len(p.event_id) != 16 or len(p.digests) != 24:
+        raise ValueError("a payment's event id is 16 bytes and its field digests 24")
+    if p.household and len(p.household) != 16:
+        raise ValueError("a household is 16 bytes of KK token")
+
+
 def unpack(blob: bytes) -> dict[int, Payment]:
-    person = {}
+    """The payments of a record made by `pack`, in the order they were packed."""
+    layout, count = blob[0], blob[1]
+    start = 2 + 16 * count
     values = _SLOT_VALUES
-    for key, event_id, slot, amount, at_us, digests, household, original in _PAYMENT.iter_unpack(blob):
+    if layout == _SHARED:  # the common case: one household (or none) for every payment
+        household = blob[2:18] if count else _NO_HOUSEHOLD
+        person = {}
+        for key, event_id, slot, amount, seconds, digests in _COMPACT.iter_unpack(blob[start:]):
+            programme, period, source_type = values[slot]
+            person[key] = Payment(event_id, programme, period, amount, digests, seconds * _US_PER_S, source_type,
+                                  household, 0)
+        return person
+    households = [blob[i : i + 16] for i in range(2, start, 16)]
+    return _unpack_records(layout, households, blob[start:])
+
+
+def _unpack_records(layout: int, households: list[bytes], records: bytes) -> dict[int, Payment]:
+    mode = layout & _HOUSEHOLDS
+    shared = households[0] if mode == _SHARED and households else _NO_HOUSEHOLD
+    by_index = [_NO_HOUSEHOLD, *households]
+    values = _SLOT_VALUES
+    person = {}
+    for fields in _RECORDS[layout].iter_unpack(records):
+        if mode == _INDEXED:
+            household, fields = by_index[fields[0]], fields[1:]
+        elif mode == _INLINE:
+            household, fields = (fields[1] if fields[0] else _NO_HOUSEHOLD), fields[2:]
+        else:
+            household = shared
+        key, event_id, slot, amount, at, digests = fields[:6]
+        original = fields[6] if layout & _REVERSAL else 0
         programme, period, source_type = values[slot]
-        if household == _NO_HOUSEHOLD:
-            household = b""
-        person[key] = Payment(event_id, programme, period, amount, digests, at_us, source_type, household, original)
+        person[key] = Payment(event_id, programme, period, amount, digests,
+                              at if layout & _WIDE else at * _US_PER_S, source_type, household, original)
     return person
 
 
@@ -116,17 +259,18 @@ def delta_records(partition: int, offset_end: int, accepted: list[bytes]) -> lis
 def apply_delta(state: PartitionState, record: dict) -> int:
     """Replay one changelog record into `state`; returns the payments added."""
     events = codec.decode_disbursements(record["events"])
-    added: dict[bytes, bytearray] = {}
+    added: dict[bytes, dict[int, Payment]] = {}
     for d in events:
         if isinstance(d, codec.CodecError):  # pragma: no cover - the worker wrote only values it decoded
             raise d
         key = token_key(d.person_token)
-        blob = added.get(key)
-        if blob is None:
-            blob = added[key] = bytearray(state.get(key, b""))
-        blob += pack({idem_key(d.source_system, d.source_ref): payment_of(d, d.digests())})
-    for key, blob in added.items():
-        state[key] = bytes(blob)
+        person = added.get(key)
+        if person is None:
+            blob = state.get(key)
+            person = added[key] = unpack(blob) if blob is not None else {}
+        person[idem_key(d.source_system, d.source_ref)] = payment_of(d, d.digests())
+    for key, person in added.items():
+        state[key] = pack(person)
     return len(events)
 
 
