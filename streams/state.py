@@ -2,11 +2,11 @@
 
 Why not a Faust Table: every table write is its own changelog record, sent one by one, which
 caps a worker at a few hundred events per second. Here the state of ledger partition p is a
-plain dict {person token: packed payments} (see `pack`), unpacked only for the people a batch
-touches, and each batch appends ONE changelog record to
+`PartitionState` mapping person token -> packed payments (see `pack`), unpacked only for the
+people a batch touches, and each batch appends ONE changelog record to
 partition p of the state topic holding the ledger values it accepted there, verbatim (payments
 are only ever added, so those values are the exact change, and copying bytes costs next to
-nothing on the hot path). On assignment a partition's dict is rebuilt by replaying
+nothing on the hot path). On assignment a partition's state is rebuilt by replaying
 its changelog partition from the start to the high watermark read from fetch responses.
 
 Ordering contract with the agent (at-least-once, idempotent effects): alerts and dead letters
@@ -22,9 +22,10 @@ import asyncio
 import gc
 import logging
 import struct
+import sys
 import time
 from sys import intern
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -64,8 +65,6 @@ _RECORDS = {layout: _record_struct(layout) for mode in (_SHARED, _INDEXED, _INLI
             for layout in (mode, mode | _WIDE, mode | _REVERSAL, mode | _WIDE | _REVERSAL)}
 _COMPACT = _RECORDS[_SHARED]  # 58 bytes: key, event id, slot, amount, second, field digests
 _NO_HOUSEHOLD = b""
-
-PartitionState = dict[bytes, bytes]  # 16-byte person token -> packed payments
 
 
 def _slot(programme: str, period: str, source_type: str) -> int:
@@ -189,10 +188,11 @@ def unpack(blob: bytes) -> dict[int, Payment]:
     if layout == _SHARED:  # the common case: one household (or none) for every payment
         household = blob[2:18] if count else _NO_HOUSEHOLD
         person = {}
+        new, us_per_s = tuple.__new__, _US_PER_S  # what Payment._make does, without its call overhead
         for key, event_id, slot, amount, seconds, digests in _COMPACT.iter_unpack(blob[start:]):
             programme, period, source_type = values[slot]
-            person[key] = Payment(event_id, programme, period, amount, digests, seconds * _US_PER_S, source_type,
-                                  household, 0)
+            person[key] = new(Payment, (event_id, programme, period, amount, digests, seconds * us_per_s,
+                                        source_type, household, 0))
         return person
     households = [blob[i : i + 16] for i in range(2, start, 16)]
     return _unpack_records(layout, households, blob[start:])
@@ -219,6 +219,146 @@ def _unpack_records(layout: int, households: list[bytes], records: bytes) -> dic
     return person
 
 
+BUCKET_LOAD = 16
+_U32 = struct.Struct("<I")
+_LENGTHS: list[struct.Struct] = []  # _LENGTHS[k] reads the first k record lengths of a bucket
+
+
+def _lengths(k: int) -> struct.Struct:
+    while len(_LENGTHS) <= k:
+        _LENGTHS.append(struct.Struct(f"<{len(_LENGTHS)}I"))
+    return _LENGTHS[k]
+
+
+class PartitionState:
+    """The packed persons of one ledger partition: person token -> `pack` record.
+
+    Why buckets: as a dict entry per person, the 16-byte key object, the record's bytes header and
+    the dict slot cost ~100 bytes a person, about as much as two payments. Here persons share
+    buckets of BUCKET_LOAD on average, one bytes object each: the person count, the records'
+    lengths, the tokens, then the records (4 + 4 + 16 bytes of bookkeeping a person). A lookup is
+    a hash, one dict lookup, a C-speed search of the bucket's tokens and a sum of the lengths before
+    the match; a store rewrites one bucket of a few KiB. Buckets grow by linear hashing: one bucket
+    is split per BUCKET_LOAD new persons, so no store ever pays for rehashing the whole state."""
+
+    __slots__ = ("_buckets", "_persons", "_level", "_split", "_load", "_mask", "_split_mask")
+
+    def __init__(self, load: int = BUCKET_LOAD):
+        self._buckets: dict[int, bytes] = {}
+        self._persons = 0
+        self._load = load
+        self._level = 0  # 2**level buckets at the start of this round of splits,
+        self._split = 0  # of which the first `split` are split already
+        self._mask, self._split_mask = 0, 1
+
+    def __len__(self) -> int:
+        return self._persons
+
+    def get(self, token: bytes) -> bytes | None:
+        """The person's record, None when the person has none. (The hot path of `view`: one
+        function, no calls but C ones.)"""
+        # hash(), not the token's own bits: tokens are HMACs in production, but hash() keeps the
+        # buckets even for whatever keys a test or a tool uses
+        h = hash(token)
+        b = h & self._mask
+        if b < self._split:
+            b = h & self._split_mask
+        bucket = self._buckets.get(b)
+        if bucket is None:
+            return None
+        n = _U32.unpack_from(bucket)[0]
+        tokens_at = 4 * n + 4
+        records_at = tokens_at + 16 * n
+        i = bucket.find(token, tokens_at, records_at)
+        while (i - tokens_at) & 15 and i >= 0:  # a match straddling two tokens
+            i = bucket.find(token, i + 1, records_at)
+        if i < 0:
+            return None
+        index = (i - tokens_at) >> 4
+        lengths = _LENGTHS[index + 1].unpack_from(bucket, 4)
+        end = records_at + sum(lengths)
+        return bucket[end - lengths[index] : end]
+
+    def put(self, token: bytes, record: bytes) -> None:
+        """Set the person's record. (The hot path of `store`, written out like `get`.)"""
+        h = hash(token)
+        b = h & self._mask
+        if b < self._split:
+            b = h & self._split_mask
+        buckets = self._buckets
+        bucket = buckets.get(b)
+        if bucket is None:
+            buckets[b] = _bucket([(token, record)])
+        else:
+            n = _U32.unpack_from(bucket)[0]
+            tokens_at = 4 * n + 4
+            records_at = tokens_at + 16 * n
+            i = bucket.find(token, tokens_at, records_at)
+            while (i - tokens_at) & 15 and i >= 0:
+                i = bucket.find(token, i + 1, records_at)
+            if i >= 0:
+                index = (i - tokens_at) >> 4
+                lengths = _LENGTHS[index + 1].unpack_from(bucket, 4)
+                end = records_at + sum(lengths)
+                at = 4 * index + 4
+                buckets[b] = b"".join((bucket[:at], _U32.pack(len(record)), bucket[at + 4 : end - lengths[index]],
+                                       record, bucket[end:]))
+                return
+            _lengths(n + 1)
+            buckets[b] = b"".join((_U32.pack(n + 1), bucket[4:tokens_at], _U32.pack(len(record)),
+                                   bucket[tokens_at:records_at], token, bucket[records_at:], record))
+        self._persons += 1
+        if self._persons > self._load * ((1 << self._level) + self._split):
+            self._split_next()
+
+    def _split_next(self) -> None:
+        """Split the bucket at the split pointer between itself and its partner 2**level higher,
+        by the next bit of each token's hash."""
+        old, high_bit = self._split, 1 << self._level
+        entries = _entries(self._buckets.pop(old, None))
+        self._split += 1
+        if self._split == high_bit:
+            self._level, self._split = self._level + 1, 0
+        self._mask = (1 << self._level) - 1
+        self._split_mask = (2 << self._level) - 1
+        for b, part in ((old, [e for e in entries if not hash(e[0]) & high_bit]),
+                        (old + high_bit, [e for e in entries if hash(e[0]) & high_bit])):
+            if part:
+                self._buckets[b] = _bucket(part)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (token, record), in no particular order."""
+        for bucket in self._buckets.values():
+            yield from _entries(bucket)
+
+    def nbytes(self) -> int:
+        """The bytes this state's own objects take (bucket numbers below 257 are shared ints, and
+        counted anyway)."""
+        return (sys.getsizeof(self) + sys.getsizeof(self._buckets)
+                + sum(sys.getsizeof(b) + sys.getsizeof(bucket) for b, bucket in self._buckets.items()))
+
+
+def _entries(bucket: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The (token, record) pairs of a bucket made by `_bucket`."""
+    if bucket is None:
+        return []
+    n = _U32.unpack_from(bucket)[0]
+    tokens_at = 4 * n + 4
+    at = tokens_at + 16 * n
+    out = []
+    for i, length in enumerate(_lengths(n).unpack_from(bucket, 4)):
+        out.append((bucket[tokens_at + 16 * i : tokens_at + 16 * i + 16], bucket[at : at + length]))
+        at += length
+    return out
+
+
+def _bucket(entries: list[tuple[bytes, bytes]]) -> bytes:
+    """A bucket: the person count n (u32), the n record lengths (u32 each), the n tokens (16 bytes
+    each), then the n records. Tokens sit together so that one C-speed search finds a person."""
+    lengths = _lengths(len(entries)).pack(*[len(record) for _, record in entries])
+    return b"".join((_U32.pack(len(entries)), lengths, *[t for t, _ in entries], *[r for _, r in entries]))
+
+
 def token_key(token: str) -> bytes:
     return bytes.fromhex(token)
 
@@ -226,16 +366,18 @@ def token_key(token: str) -> bytes:
 def view(state: PartitionState, tokens) -> dict[str, dict[int, Payment]]:
     """The unpacked states of the given people, for one batch."""
     out = {}
+    get, fromhex = state.get, bytes.fromhex
     for token in tokens:
-        blob = state.get(token_key(token))
+        blob = get(fromhex(token))
         if blob is not None:
             out[token] = unpack(blob)
     return out
 
 
 def store(state: PartitionState, changed: Mapping[str, Mapping[int, Payment]]) -> None:
+    put, fromhex = state.put, bytes.fromhex
     for token, person in changed.items():
-        state[token_key(token)] = pack(person)
+        put(fromhex(token), pack(person))
 
 
 DELTA_MAX_BYTES = 512 * 1024  # well under the 1 MiB default message size of brokers and producers
@@ -270,7 +412,7 @@ def apply_delta(state: PartitionState, record: dict) -> int:
             person = added[key] = unpack(blob) if blob is not None else {}
         person[idem_key(d.source_system, d.source_ref)] = payment_of(d, d.digests())
     for key, person in added.items():
-        state[key] = pack(person)
+        state.put(key, pack(person))
     return len(events)
 
 
@@ -324,7 +466,7 @@ class LedgerState:
 
     async def _load(self, partition: int) -> None:
         started = time.perf_counter()
-        state: PartitionState = {}
+        state = PartitionState()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024,

@@ -1,5 +1,5 @@
-"""The worker's packed person state: payments survive pack/unpack exactly, and a packed person
-is what decisions see."""
+"""The worker's packed person state: payments survive pack/unpack exactly, a partition's buckets
+behave as a plain mapping of token to record, and a packed person is what decisions see."""
 
 from __future__ import annotations
 
@@ -79,6 +79,63 @@ def test_a_field_of_the_wrong_width_is_refused_rather_than_padded(field, value):
     bad = Payment(b"e" * 16, "PKH", "2026-01", 1, b"d" * 24, 0, "APBN")._replace(**{field: value})
     with pytest.raises(ValueError):
         st.pack({1: bad})
+
+
+# Tokens made of a few 8-byte halves: in one bucket, one token's bytes often run across the
+# boundary of two others (e.g. A+B stored next to C+D contains B+C), which a lookup must skip.
+HALVES = [bytes([c]) * 8 for c in (0, 1, 0xAA)] + [b"\x00\x01" * 4]
+TOKENS = hs.tuples(hs.sampled_from(HALVES), hs.sampled_from(HALVES)).map(b"".join) | hs.binary(min_size=16, max_size=16)
+RECORDS = hs.binary(max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.lists(hs.tuples(TOKENS, RECORDS), max_size=120), hs.lists(TOKENS, max_size=20),
+       hs.sampled_from([1, 2, 3, 16, 1000]))
+def test_buckets_behave_as_a_mapping_of_token_to_record(puts, probes, load):
+    state, model = st.PartitionState(load=load), {}
+    for token, record in puts:
+        state.put(token, record)
+        model[token] = record
+    assert len(state) == len(model)
+    assert dict(state.items()) == model
+    assert sorted(t for t, _ in state.items()) == sorted(model)  # each person once
+    for token in [t for t, _ in puts] + probes:
+        assert state.get(token) == model.get(token)
+
+
+def test_many_persons_share_a_bucket_and_splitting_keeps_every_record():
+    one_bucket = st.PartitionState(load=10_000)
+    split_often = st.PartitionState(load=2)
+    model = {i.to_bytes(16, "big"): bytes([i % 251]) * (i % 97) for i in range(3000)}
+    for state in (one_bucket, split_often):
+        for token, record in model.items():
+            state.put(token, b"first")
+            state.put(token, record)
+        assert dict(state.items()) == model and len(state) == 3000
+        assert all(state.get(t) == r for t, r in model.items())
+    assert len(one_bucket._buckets) == 1
+    assert len(split_often._buckets) >= 3000 // 4
+
+
+@settings(max_examples=100, deadline=None)
+@given(hs.dictionaries(hs.binary(min_size=16, max_size=16).map(bytes.hex), persons(max_size=6), max_size=30),
+       hs.dictionaries(hs.binary(min_size=16, max_size=16).map(bytes.hex), persons(max_size=6), max_size=30))
+def test_store_then_view_returns_what_was_stored(first, second):
+    state = st.PartitionState(load=4)
+    st.store(state, first)
+    st.store(state, second)
+    expected = {**first, **second}
+    assert st.view(state, list(expected) + ["00" * 16]) == {t: p for t, p in expected.items()}
+    assert len(state) == len(expected)
+
+
+def test_the_size_of_a_partition_counts_its_buckets():
+    state = st.PartitionState()
+    empty = state.nbytes()
+    for i in range(1000):
+        state.put(i.to_bytes(16, "big"), bytes(100))
+    assert state.nbytes() - empty >= 1000 * (16 + 100)
+    assert state.nbytes() - empty < 1000 * (16 + 100 + 40)
 
 
 def test_pack_unpack_round_trips_every_field():
