@@ -19,13 +19,14 @@ recognised as redeliveries and change nothing).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import struct
 import sys
 import time
 from sys import intern
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -405,18 +406,51 @@ def apply_delta(state: PartitionState, record: dict) -> int:
     for d in events:
         if isinstance(d, codec.CodecError):  # pragma: no cover - the worker wrote only values it decoded
             raise d
-        key = token_key(d.person_token)
-        person = added.get(key)
-        if person is None:
-            blob = state.get(key)
-            person = added[key] = unpack(blob) if blob is not None else {}
+        person = added.setdefault(token_key(d.person_token), {})
         person[idem_key(d.source_system, d.source_ref)] = payment_of(d, d.digests())
-    for key, person in added.items():
-        state.put(key, pack(person))
+    for key, payments in added.items():
+        blob = state.get(key)
+        state.put(key, pack(payments) if blob is None else _extended(blob, payments))
     return len(events)
 
 
+_KEY = struct.Struct(">Q50x")  # the key at the start of a common-layout record
+
+
+def _extended(blob: bytes, payments: dict[int, Payment]) -> bytes:
+    """The record `blob` with `payments` added, as `pack` of the merged person would make it.
+    The rebuild's usual case, new keys in the same common layout and household, appends their
+    records without unpacking the person's earlier payments."""
+    tail = pack(payments)
+    header = 2 + 16 * blob[1]
+    if blob[0] == tail[0] == _SHARED and blob[:header] == tail[:header] and not any(
+            key in payments for (key,) in _KEY.iter_unpack(blob[header:])):
+        return blob + tail[header:]
+    person = unpack(blob)
+    person.update(payments)
+    return pack(person)
+
+
 FREEZE_EVERY = 50_000
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the memory a rebuild freed back to the system. A rebuild's fetch buffers are freed
+    between the long-lived buckets, and glibc keeps such holes mapped: measured, the process
+    stayed ~140 MiB per million tokens above the state's own size. Called once no partition is
+    loading; a no-op where malloc_trim does not exist."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class LedgerState:
@@ -492,6 +526,8 @@ class LedgerState:
         self.partitions[partition] = state
         self._loading.pop(partition, None)
         self.added(FREEZE_EVERY)
+        if not self._loading:
+            release_free_memory()
         elapsed = time.perf_counter() - started
         metrics.RECOVERY_SECONDS.observe(elapsed)
         metrics.PERSONS.set(self.persons())

@@ -138,6 +138,19 @@ def test_the_size_of_a_partition_counts_its_buckets():
     assert state.nbytes() - empty < 1000 * (16 + 100 + 40)
 
 
+@settings(max_examples=200, deadline=None)
+@given(persons(max_size=8).filter(bool), persons(max_size=8).filter(bool), hs.booleans())
+def test_replaying_payments_onto_a_record_equals_packing_the_merged_person(before, after, common):
+    if common:  # the rebuild's usual case: one household, whole seconds, new keys only
+        before = {k: plain(p)._replace(household=b"\x07" * 16) for k, p in before.items()}
+        after = {k: plain(p)._replace(household=b"\x07" * 16) for k, p in after.items() if k not in before}
+    if not after:
+        return
+    extended = st._extended(st.pack(before), after)
+    assert extended == st.pack({**before, **after})
+    assert st.unpack(extended) == {**before, **after}
+
+
 def test_pack_unpack_round_trips_every_field():
     events = [disbursement(), disbursement(source_ref="R-2", period="2026-05", amount_idr=200_000, programme_code="BPNT")]
     result = decide(events)
