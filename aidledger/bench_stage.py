@@ -276,8 +276,7 @@ def recovery_stage(tokens: int = 1_000_000, payments_per_token: int = 2, partiti
             persons = state.persons()
             # the state's own objects, counted exactly (an RSS difference depends on what the
             # process freed before, and under-counted when earlier rounds left reusable memory)
-            owned = sum(sys.getsizeof(part) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in part.items())
-                        for part in state.partitions.values())
+            owned = sum(part.nbytes() for part in state.partitions.values())
         finally:
             broker.stop()
     return {
