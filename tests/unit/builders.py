@@ -420,3 +420,31 @@ def settled_streams(draw, max_payments: int = 10):
         if reordered:
             reordered.insert(draw(st.integers(0, len(reordered))), draw(st.sampled_from(reordered)))
     return canonical, reordered
+
+
+REVERSAL_AMOUNTS = (100_000, 200_000, 750_000, 1_500_000, 2_000_001)
+
+
+@st.composite
+def mixed_streams(draw):
+    """Payments and reversals in any order: reversals of earlier or later payments, of reversals,
+    of payments that never come, and of more than is left; with exact redeliveries."""
+    payments = [stream_payment(n, *spec) for n, spec in enumerate(draw(st.lists(payment_specs, max_size=12)))]
+    reversals = []
+    for n in range(draw(st.integers(0, 10))):
+        target = draw(st.sampled_from(["payment", "reversal", "unknown"]))
+        amount = draw(st.sampled_from(REVERSAL_AMOUNTS))
+        if target == "payment" and payments:
+            original = draw(st.sampled_from(payments))
+            reversals.append(stream_reversal(n, member_of(original), original.source_ref, amount))
+        elif target == "reversal" and reversals:
+            original = draw(st.sampled_from(reversals))
+            reversals.append(stream_reversal(n, member_of(original), original.source_ref, amount))
+        else:
+            reversals.append(stream_reversal(n, draw(st.integers(0, len(STREAM_MEMBERS) - 1)), f"P-NEVER-{n}", amount))
+    events = draw(st.permutations(payments + reversals))
+    for _ in range(draw(st.integers(0, 4))):
+        if events:
+            events.insert(draw(st.integers(0, len(events))), draw(st.sampled_from(events)))
+    return events
+

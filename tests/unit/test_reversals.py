@@ -23,20 +23,16 @@ from builders import (
     NOW_US,
     REGENCY_NAME,
     REGION_CODE,
-    STREAM_MEMBERS,
     apply,
     decide,
     decide_stream,
     disbursement,
     keep_latest,
-    member_of,
+    mixed_streams,
     open_cases,
-    payment_specs,
     reversal,
     settled_streams,
     shipped_rulebook,
-    stream_payment,
-    stream_reversal,
 )
 
 ACCEPTED = outcomes.ACCEPTED
@@ -352,31 +348,6 @@ def test_a_payment_after_its_waiting_reversal_posts_its_net_amount_and_the_rever
 # --- properties ----------------------------------------------------------------------------------
 
 PROPERTY = settings(database=None, max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-REVERSAL_AMOUNTS = (100_000, 200_000, 750_000, 1_500_000, 2_000_001)
-
-
-@st.composite
-def mixed_streams(draw):
-    """Payments and reversals in any order: reversals of earlier or later payments, of reversals,
-    of payments that never come, and of more than is left; with exact redeliveries."""
-    payments = [stream_payment(n, *spec) for n, spec in enumerate(draw(st.lists(payment_specs, max_size=12)))]
-    reversals = []
-    for n in range(draw(st.integers(0, 10))):
-        target = draw(st.sampled_from(["payment", "reversal", "unknown"]))
-        amount = draw(st.sampled_from(REVERSAL_AMOUNTS))
-        if target == "payment" and payments:
-            original = draw(st.sampled_from(payments))
-            reversals.append(stream_reversal(n, member_of(original), original.source_ref, amount))
-        elif target == "reversal" and reversals:
-            original = draw(st.sampled_from(reversals))
-            reversals.append(stream_reversal(n, member_of(original), original.source_ref, amount))
-        else:
-            reversals.append(stream_reversal(n, draw(st.integers(0, len(STREAM_MEMBERS) - 1)), f"P-NEVER-{n}", amount))
-    events = draw(st.permutations(payments + reversals))
-    for _ in range(draw(st.integers(0, 4))):
-        if events:
-            events.insert(draw(st.integers(0, len(events))), draw(st.sampled_from(events)))
-    return events
 
 
 def _drop_waiting_for(seen, waiting, key) -> None:
