@@ -20,7 +20,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 from aidcore import explain, outcomes
 from aidcore import rulebook as rb
-from aidcore.intake import Disbursement, Reversal
+from aidcore.intake import BudgetAllocation, Disbursement, Reversal, TreasuryRelease, record_type_of
 from aidcore.reference import Reference
 from aidcore.rules import Case, Entry, person_cases
 from aidcore.rupiah import rupiah
@@ -151,6 +151,29 @@ def resubmission_outcome(original_event_id: str | bytes, original_digests: bytes
         return "exists_with_different_record_type"
     fields = outcomes.REVERSAL_CONTENT_FIELDS if is_reversal else outcomes.CONTENT_FIELDS
     outcome = first_difference(original_digests, digests if digests is not None else event.digests(), fields)
+    return "exists_with_different_content" if outcome == outcomes.EXISTS else outcome
+
+
+_CONTENT_FIELDS_BY_TYPE = {
+    "disbursement": outcomes.CONTENT_FIELDS,
+    "reversal": outcomes.REVERSAL_CONTENT_FIELDS,
+    "allocation": outcomes.ALLOCATION_CONTENT_FIELDS,
+    "release": outcomes.RELEASE_CONTENT_FIELDS,
+}
+
+
+def key_outcome(original_type: str, original_event_id: str, original_digests: bytes,
+                event: Disbursement | Reversal | BudgetAllocation | TreasuryRelease) -> str:
+    """`resubmission_outcome` for a key seen before under any record type (intake's check, and
+    the projection's for the budget side, which no stream decides): `exists` for the same
+    content, `exists_with_different_record_type` for another kind of record, else the first
+    content field that differs."""
+    if original_event_id == event.event_id:
+        return outcomes.EXISTS
+    record_type = record_type_of(event)
+    if record_type != original_type:
+        return "exists_with_different_record_type"
+    outcome = first_difference(original_digests, event.digests(), _CONTENT_FIELDS_BY_TYPE[record_type])
     return "exists_with_different_content" if outcome == outcomes.EXISTS else outcome
 
 

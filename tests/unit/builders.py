@@ -448,3 +448,59 @@ def mixed_streams(draw):
             events.insert(draw(st.integers(0, len(events))), draw(st.sampled_from(events)))
     return events
 
+
+# --- the budget side ------------------------------------------------------------------------------
+
+
+def raw_allocation(**overrides: Any) -> dict:
+    """A valid allocation: the budget line of the default payment gives KEMENSOS money for PKH."""
+    record: dict[str, Any] = {
+        "record_type": "allocation",
+        "source_system": "SIPD-RI",
+        "source_ref": "DIPA-2026-PKH-001",
+        "source_type": "APBN",
+        "funding_account": "APBN-2026-KEMENSOS-PKH",
+        "agency_code": "KEMENSOS",
+        "programme_code": "PKH",
+        "fiscal_year": 2026,
+        "amount_idr": 5_000_000_000,
+        "allocated_at": "2026-01-05T09:00:00+07:00",
+    }
+    for name, value in overrides.items():
+        if value is DROP:
+            record.pop(name, None)
+        else:
+            record[name] = value
+    return record
+
+
+def raw_release(**overrides: Any) -> dict:
+    """A valid release: the APBN treasury sends KEMENSOS cash against the default budget line."""
+    record: dict[str, Any] = {
+        "record_type": "release",
+        "source_system": "SPAN",
+        "source_ref": "SP2D-2026-000001",
+        "source_type": "APBN",
+        "funding_account": "APBN-2026-KEMENSOS-PKH",
+        "agency_code": "KEMENSOS",
+        "amount_idr": 2_000_000_000,
+        "released_at": "2026-02-02T10:00:00+07:00",
+    }
+    for name, value in overrides.items():
+        if value is DROP:
+            record.pop(name, None)
+        else:
+            record[name] = value
+    return record
+
+
+def allocation(*, now_us: int = NOW_US, **overrides: Any) -> intake.BudgetAllocation:
+    outcome = intake.validate_any(raw_allocation(**overrides), reference=reference(), token_key=TOKEN_KEY, now_us=now_us)
+    assert isinstance(outcome, intake.AcceptedBudget), f"builder allocation was rejected: {outcome}"
+    return outcome.record  # type: ignore[return-value]
+
+
+def release(*, now_us: int = NOW_US, **overrides: Any) -> intake.TreasuryRelease:
+    outcome = intake.validate_any(raw_release(**overrides), reference=reference(), token_key=TOKEN_KEY, now_us=now_us)
+    assert isinstance(outcome, intake.AcceptedBudget), f"builder release was rejected: {outcome}"
+    return outcome.record  # type: ignore[return-value]
