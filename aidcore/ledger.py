@@ -117,6 +117,9 @@ class BatchResult:
     # pending reversals the batch settled against their original without applying them:
     # (person token, the reversal's key, outcome); they are gone from `changed`
     dropped: list[tuple[str, int, str]] = field(default_factory=list)
+    # event ids (16 bytes) of the reversals that took effect in this batch, in decision order: on
+    # arrival, or when the original they waited for arrived. What the projection posts.
+    applied: list[bytes] = field(default_factory=list)
 
 
 def alert_id(rule_id: str, subject_token: str, period: str, fingerprint: str) -> str:
@@ -334,7 +337,7 @@ def decide_batch(
         # reversals are rare: one look for any, and the reversal paths only when there are some
         has_reversals = len(state) > 1 and any(p[8] for p in state.values())
         if has_reversals:
-            _drop_unfitting(state, key, payment.amount_idr, token, result)
+            _apply_waiting(state, key, payment.amount_idr, token, result)
         reversed_by = reversed_amounts(state) if has_reversals else None
         net = event.amount_idr - (reversed_by or {}).get(key, 0)
         result.postings.append(Posting(
@@ -353,7 +356,7 @@ def decide_batch(
     return result
 
 
-def _drop_unfitting(state: dict, key: int, amount: int, token: str, result: BatchResult) -> None:
+def _apply_waiting(state: dict, key: int, amount: int, token: str, result: BatchResult) -> None:
     """The original under `key` just arrived: reversals that waited for it apply in order of
     reversal time while they fit; one that no longer fits is dropped (reversal_exceeds_original),
     exactly as if it had come after its original."""
@@ -363,6 +366,7 @@ def _drop_unfitting(state: dict, key: int, amount: int, token: str, result: Batc
     for k, p in waiting:
         if p.amount_idr <= left:
             left -= p.amount_idr
+            result.applied.append(p.event_id)
         else:
             del state[k]
             result.dropped.append((token, k, "reversal_exceeds_original"))
@@ -400,6 +404,7 @@ def _decide_reversal(event: Reversal, key: int, digests: bytes, state: dict, tok
     state[key] = reversal_entry(event, digests, original)
     result.changed[token] = state
     result.outcomes.append(outcomes.ACCEPTED)
+    result.applied.append(state[key].event_id)
     result.postings.append(Posting(
         _household_of(original, token), event_id_bytes(event.event_id), bytes.fromhex(token), original.programme_code,
         original.period, -event.amount_idr, original.source_type, event.reversed_at_us, "", original.event_id,
