@@ -253,7 +253,7 @@ def state_delta_record(events: Sequence[Disbursement] = (), *, partition: int = 
     result = decide(events)
     accepted = [codec.encode_disbursement(e) for e, outcome in zip(events, result.outcomes) if outcome == "accepted"]
     return {"source_partition": partition, "source_offset_end": offset_end, "events": accepted, "offsets": [],
-            "removed": []}
+            "removed": [], "applied": []}
 
 
 
