@@ -173,6 +173,7 @@ BUDGET_KEY_CODES: tuple[str, ...] = tuple(
 )
 
 REVERSAL_PENDING = "reversal_pending"  # accepted; its original is not in the ledger yet
+PASSED_BY = "passed_by"  # a budget record read by the person stage: it concerns no person, nothing to decide
 
 # Reversal outcomes the stream decides (dead-lettered).
 REVERSAL_CODES: tuple[str, ...] = (
