@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable
 
-from aidcore.intake import Disbursement, Reversal
+from aidcore.intake import BudgetAllocation, Disbursement, Reversal, TreasuryRelease
 
 # scrypt cost: 16 MiB and ~40 ms per check on the reference machine; a verified key is then
 # remembered by its process-local digest, so the cost is paid once per key and process.
@@ -82,9 +82,12 @@ def parse_codes(text: str) -> list[str]:
     return list(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
 
 
-def scope_problem(agency: Agency, event: Disbursement | Reversal) -> tuple[str, str] | None:
+def scope_problem(agency: Agency, event: Disbursement | Reversal | BudgetAllocation | TreasuryRelease
+                  ) -> tuple[str, str] | None:
     """(field, message) naming why `agency` may not submit `event`, or None when it may.
-    The code is always `agency_out_of_scope`; the field says which part of the scope it left."""
+    The code is always `agency_out_of_scope`; the field says which part of the scope it left.
+    An agency reports the budget records of its own money too: allocations for its programmes
+    and releases to itself, under its source systems."""
     if event.agency_code != agency.code:
         return "agency_code", f"this key submits for agency {agency.code} only"
     if event.source_system not in agency.source_systems:
@@ -92,6 +95,8 @@ def scope_problem(agency: Agency, event: Disbursement | Reversal) -> tuple[str, 
     if isinstance(event, Reversal):
         if event.original_source_system not in agency.source_systems:
             return "original_source_system", f"agency {agency.code} may reverse only its own payments"
+        return None
+    if isinstance(event, TreasuryRelease):
         return None
     if event.programme_code not in agency.programmes:
         return "programme_code", f"agency {agency.code} may not submit for programme {event.programme_code}"

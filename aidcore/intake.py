@@ -1,6 +1,10 @@
 """Intake: a raw input record (one row of JSON Lines or CSV, one HTTP body) becomes either a
 validated, tokenized `Disbursement` plus the `Identity` for the vault, or a `Rejection` with a
 named code. Checks run in the order of `aidcore.outcomes.INTAKE_CODES`; the first failure wins.
+`record_type` picks the other kinds: a `Reversal`, and the budget side of the ledger, a
+`BudgetAllocation` (a budget line's money given to an agency for a programme) and a
+`TreasuryRelease` (cash sent from a treasury to an agency), each with its own codes in
+`aidcore.outcomes`.
 
 Money: `amount_idr` is whole rupiah. An integer, or a decimal string or number whose fraction is
 exactly zero ("200000", "200000.00"), is accepted; any other fraction is rejected, never rounded.
@@ -56,6 +60,34 @@ REVERSAL_FIELDS: tuple[str, ...] = (
     "reversed_at",
 )
 _REVERSAL_FIELD_SET = frozenset(REVERSAL_FIELDS)
+
+# The budget side (record_type "allocation" or "release"): records about a budget line (funding
+# account) and an agency, concerning no person. Keyed by the funding account on the log.
+ALLOCATION_FIELDS: tuple[str, ...] = (
+    "record_type",
+    "source_system",
+    "source_ref",
+    "source_type",
+    "funding_account",
+    "agency_code",
+    "programme_code",
+    "fiscal_year",
+    "amount_idr",
+    "allocated_at",
+)
+RELEASE_FIELDS: tuple[str, ...] = (
+    "record_type",
+    "source_system",
+    "source_ref",
+    "source_type",
+    "funding_account",
+    "agency_code",
+    "amount_idr",
+    "released_at",
+)
+_ALLOCATION_FIELD_SET = frozenset(ALLOCATION_FIELDS)
+_RELEASE_FIELD_SET = frozenset(RELEASE_FIELDS)
+RECORD_TYPES: tuple[str, ...] = ("disbursement", "reversal", "allocation", "release")
 MAX_REASON_CHARS = 500
 MAX_REF_CHARS = 128
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -148,6 +180,84 @@ class Reversal:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetAllocation:
+    """A budget line's money given to an agency for one programme and fiscal year: the top of
+    the money's path, the authority the agency's payments under that programme draw on."""
+
+    event_id: str
+    source_system: str
+    source_ref: str
+    source_type: str  # whose budget the line is (APBN, APBD_PROV, ...)
+    funding_account: str  # the budget line; the record key on the log
+    agency_code: str
+    programme_code: str
+    fiscal_year: int
+    amount_idr: int
+    allocated_at_us: int
+    allocated_at_offset_min: int
+    recorded_at_us: int
+    field_digests: bytes = b""
+
+    def digests(self) -> bytes:
+        return self.field_digests or field_digests(self.content_values())
+
+    def content_values(self) -> tuple[str, ...]:
+        """In `aidcore.outcomes.ALLOCATION_CONTENT_FIELDS` order."""
+        return (
+            self.source_type,
+            self.funding_account,
+            self.agency_code,
+            self.programme_code,
+            str(self.fiscal_year),
+            str(self.amount_idr),
+            f"{self.allocated_at_us}{self.allocated_at_offset_min:+d}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TreasuryRelease:
+    """Cash sent from a treasury (the budget of `source_type`) to an agency, against a budget line:
+    what the agency then pays its recipients from."""
+
+    event_id: str
+    source_system: str
+    source_ref: str
+    source_type: str  # the treasury the cash leaves (APBN, APBD_PROV, ...)
+    funding_account: str  # the budget line; the record key on the log
+    agency_code: str
+    amount_idr: int
+    released_at_us: int
+    released_at_offset_min: int
+    recorded_at_us: int
+    field_digests: bytes = b""
+
+    def digests(self) -> bytes:
+        return self.field_digests or field_digests(self.content_values())
+
+    def content_values(self) -> tuple[str, ...]:
+        """In `aidcore.outcomes.RELEASE_CONTENT_FIELDS` order."""
+        return (
+            self.source_type,
+            self.funding_account,
+            self.agency_code,
+            str(self.amount_idr),
+            f"{self.released_at_us}{self.released_at_offset_min:+d}",
+        )
+
+
+BudgetRecord = BudgetAllocation | TreasuryRelease
+
+
+def record_type_of(event: "Disbursement | Reversal | BudgetAllocation | TreasuryRelease") -> str:
+    """The input record's `record_type` of an event."""
+    if isinstance(event, Disbursement):
+        return "disbursement"
+    if isinstance(event, Reversal):
+        return "reversal"
+    return "allocation" if isinstance(event, BudgetAllocation) else "release"
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """What only the identity vault may hold."""
 
@@ -175,6 +285,11 @@ class Accepted:
 @dataclass(frozen=True, slots=True)
 class AcceptedReversal:
     reversal: Reversal
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedBudget:
+    record: BudgetAllocation | TreasuryRelease
 
 
 def content_digest(values: tuple[str, ...]) -> bytes:
@@ -272,14 +387,20 @@ def period_ok(period: str) -> bool:
     return 2000 <= int(year) <= 2100 and 1 <= int(month) <= 12
 
 
-def validate_any(raw: Any, *, reference: Reference, token_key: bytes, now_us: int) -> Accepted | AcceptedReversal | Rejection:
-    """A disbursement, or a reversal when record_type says so."""
+def validate_any(raw: Any, *, reference: Reference, token_key: bytes,
+                 now_us: int) -> Accepted | AcceptedReversal | AcceptedBudget | Rejection:
+    """A disbursement, or the record_type the record names: a reversal, an allocation or a release."""
     if isinstance(raw, Mapping):
         record_type = _text(raw, "record_type") or "disbursement"
         if record_type == "reversal":
             return validate_reversal(raw, reference=reference, token_key=token_key, now_us=now_us)
+        if record_type == "allocation":
+            return validate_allocation(raw, reference=reference, now_us=now_us)
+        if record_type == "release":
+            return validate_release(raw, reference=reference, now_us=now_us)
         if record_type != "disbursement":
-            return _reject("record_type_unknown", "record_type", "record_type must be disbursement or reversal")
+            return _reject("record_type_unknown", "record_type",
+                           f"record_type must be one of {', '.join(RECORD_TYPES)}")
     return validate_record(raw, reference=reference, token_key=token_key, now_us=now_us)
 
 
@@ -367,6 +488,115 @@ def validate_reversal(raw: Mapping[str, Any], *, reference: Reference, token_key
     return AcceptedReversal(Reversal(event_id, source_system, source_ref, original_system, original_ref, agency_code,
                                      token, identity_kind, amount, reason, reversed_at_us, offset_min, now_us,
                                      field_digests(values)))
+
+
+def _budget_head(raw: Mapping[str, Any], allowed: frozenset[str], kind: str,
+                 reference: Reference) -> tuple[str, str, str, str, str] | Rejection:
+    """The checks a budget record starts with: unknown fields, the source key, the source type,
+    the funding account and the agency, in that order."""
+    for name in raw:
+        if name not in allowed:
+            return _reject("field_unknown", str(name), f"unknown field {str(name)[:40]!r} for {kind}")
+    source_system = _text(raw, "source_system")
+    source_ref = _text(raw, "source_ref")
+    if not source_system:
+        return _reject("source_system_required", "source_system", "source_system is required")
+    if not source_ref:
+        return _reject("source_ref_required", "source_ref", "source_ref is required")
+    if len(source_system) > MAX_REF_CHARS:
+        return _reject("source_system_too_long", "source_system", f"at most {MAX_REF_CHARS} characters")
+    if len(source_ref) > MAX_REF_CHARS:
+        return _reject("source_ref_too_long", "source_ref", f"at most {MAX_REF_CHARS} characters")
+    source_type = _text(raw, "source_type")
+    if source_type not in reference.source_types:
+        return _reject("source_type_unknown", "source_type", f"source_type must be one of {sorted(reference.source_types)}")
+    funding_account = _text(raw, "funding_account")
+    if not funding_account:
+        return _reject("funding_account_required", "funding_account", "funding_account (the budget line) is required")
+    if len(funding_account) > MAX_REF_CHARS:
+        return _reject("funding_account_too_long", "funding_account", f"at most {MAX_REF_CHARS} characters")
+    agency_code = _text(raw, "agency_code")
+    if not agency_code:
+        return _reject("agency_code_required", "agency_code", "agency_code is required")
+    return source_system, source_ref, source_type, funding_account, agency_code
+
+
+def _budget_amount(raw: Mapping[str, Any], reference: Reference) -> int | Rejection:
+    amount = parse_amount(raw.get("amount_idr"))
+    if isinstance(amount, str):
+        return _reject(amount, "amount_idr", _AMOUNT_MESSAGES[amount])
+    if amount > reference.max_budget_amount_idr:
+        return _reject("amount_idr_too_large", "amount_idr",
+                       f"more than Rp {reference.max_budget_amount_idr:,} in one budget record")
+    return amount
+
+
+def _fiscal_year(value: Any) -> int | None:
+    """A fiscal year 2000-2100, as an integer or four ASCII digits; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        year = value
+    else:
+        text = str(value if value is not None else "").strip()
+        if not nikmod.is_ascii_digits(text, 4):
+            return None
+        year = int(text)
+    return year if 2000 <= year <= 2100 else None
+
+
+def validate_allocation(raw: Mapping[str, Any], *, reference: Reference, now_us: int) -> AcceptedBudget | Rejection:
+    """A budget allocation's intake decision; checks in `aidcore.outcomes.ALLOCATION_INTAKE_CODES` order."""
+    head = _budget_head(raw, _ALLOCATION_FIELD_SET, "an allocation", reference)
+    if isinstance(head, Rejection):
+        return head
+    source_system, source_ref, source_type, funding_account, agency_code = head
+    programme_code = _text(raw, "programme_code")
+    if not programme_code:
+        return _reject("programme_code_required", "programme_code", "programme_code is required")
+    programme = reference.programmes.get(programme_code)
+    if programme is None:
+        return _reject("programme_code_unknown", "programme_code", f"unknown programme {programme_code[:40]!r}")
+    if not programme.active:
+        return _reject("programme_inactive", "programme_code", f"programme {programme_code} is not active")
+    year = _fiscal_year(raw.get("fiscal_year"))
+    if year is None:
+        return _reject("fiscal_year_invalid", "fiscal_year", "fiscal_year must be a year from 2000 to 2100, e.g. 2026")
+    amount = _budget_amount(raw, reference)
+    if isinstance(amount, Rejection):
+        return amount
+    when = _moment(raw, "allocated_at", now_us, reference)
+    if isinstance(when, Rejection):
+        return when
+    at_us, offset_min = when
+    partial = BudgetAllocation("", source_system, source_ref, source_type, funding_account, agency_code,
+                               programme_code, year, amount, at_us, offset_min, now_us)
+    values = partial.content_values()
+    event_id = make_event_id(source_system, source_ref, content_digest(("allocation", *values)))
+    return AcceptedBudget(BudgetAllocation(event_id, source_system, source_ref, source_type, funding_account,
+                                           agency_code, programme_code, year, amount, at_us, offset_min, now_us,
+                                           field_digests(values)))
+
+
+def validate_release(raw: Mapping[str, Any], *, reference: Reference, now_us: int) -> AcceptedBudget | Rejection:
+    """A treasury release's intake decision; checks in `aidcore.outcomes.RELEASE_INTAKE_CODES` order."""
+    head = _budget_head(raw, _RELEASE_FIELD_SET, "a release", reference)
+    if isinstance(head, Rejection):
+        return head
+    source_system, source_ref, source_type, funding_account, agency_code = head
+    amount = _budget_amount(raw, reference)
+    if isinstance(amount, Rejection):
+        return amount
+    when = _moment(raw, "released_at", now_us, reference)
+    if isinstance(when, Rejection):
+        return when
+    at_us, offset_min = when
+    partial = TreasuryRelease("", source_system, source_ref, source_type, funding_account, agency_code, amount,
+                              at_us, offset_min, now_us)
+    values = partial.content_values()
+    event_id = make_event_id(source_system, source_ref, content_digest(("release", *values)))
+    return AcceptedBudget(TreasuryRelease(event_id, source_system, source_ref, source_type, funding_account,
+                                          agency_code, amount, at_us, offset_min, now_us, field_digests(values)))
 
 
 def validate_record(

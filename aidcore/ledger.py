@@ -20,7 +20,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 from aidcore import explain, outcomes
 from aidcore import rulebook as rb
-from aidcore.intake import Disbursement, Reversal
+from aidcore.intake import BudgetAllocation, Disbursement, Reversal, TreasuryRelease, record_type_of
 from aidcore.reference import Reference
 from aidcore.rules import Case, Entry, person_cases
 from aidcore.rupiah import rupiah
@@ -117,6 +117,9 @@ class BatchResult:
     # pending reversals the batch settled against their original without applying them:
     # (person token, the reversal's key, outcome); they are gone from `changed`
     dropped: list[tuple[str, int, str]] = field(default_factory=list)
+    # event ids (16 bytes) of the reversals that took effect in this batch, in decision order: on
+    # arrival, or when the original they waited for arrived. What the projection posts.
+    applied: list[bytes] = field(default_factory=list)
 
 
 def alert_id(rule_id: str, subject_token: str, period: str, fingerprint: str) -> str:
@@ -151,6 +154,29 @@ def resubmission_outcome(original_event_id: str | bytes, original_digests: bytes
         return "exists_with_different_record_type"
     fields = outcomes.REVERSAL_CONTENT_FIELDS if is_reversal else outcomes.CONTENT_FIELDS
     outcome = first_difference(original_digests, digests if digests is not None else event.digests(), fields)
+    return "exists_with_different_content" if outcome == outcomes.EXISTS else outcome
+
+
+_CONTENT_FIELDS_BY_TYPE = {
+    "disbursement": outcomes.CONTENT_FIELDS,
+    "reversal": outcomes.REVERSAL_CONTENT_FIELDS,
+    "allocation": outcomes.ALLOCATION_CONTENT_FIELDS,
+    "release": outcomes.RELEASE_CONTENT_FIELDS,
+}
+
+
+def key_outcome(original_type: str, original_event_id: str, original_digests: bytes,
+                event: Disbursement | Reversal | BudgetAllocation | TreasuryRelease) -> str:
+    """`resubmission_outcome` for a key seen before under any record type (intake's check, and
+    the projection's for the budget side, which no stream decides): `exists` for the same
+    content, `exists_with_different_record_type` for another kind of record, else the first
+    content field that differs."""
+    if original_event_id == event.event_id:
+        return outcomes.EXISTS
+    record_type = record_type_of(event)
+    if record_type != original_type:
+        return "exists_with_different_record_type"
+    outcome = first_difference(original_digests, event.digests(), _CONTENT_FIELDS_BY_TYPE[record_type])
     return "exists_with_different_content" if outcome == outcomes.EXISTS else outcome
 
 
@@ -311,7 +337,7 @@ def decide_batch(
         # reversals are rare: one look for any, and the reversal paths only when there are some
         has_reversals = len(state) > 1 and any(p[8] for p in state.values())
         if has_reversals:
-            _drop_unfitting(state, key, payment.amount_idr, token, result)
+            _apply_waiting(state, key, payment.amount_idr, token, result)
         reversed_by = reversed_amounts(state) if has_reversals else None
         net = event.amount_idr - (reversed_by or {}).get(key, 0)
         result.postings.append(Posting(
@@ -330,7 +356,7 @@ def decide_batch(
     return result
 
 
-def _drop_unfitting(state: dict, key: int, amount: int, token: str, result: BatchResult) -> None:
+def _apply_waiting(state: dict, key: int, amount: int, token: str, result: BatchResult) -> None:
     """The original under `key` just arrived: reversals that waited for it apply in order of
     reversal time while they fit; one that no longer fits is dropped (reversal_exceeds_original),
     exactly as if it had come after its original."""
@@ -340,6 +366,7 @@ def _drop_unfitting(state: dict, key: int, amount: int, token: str, result: Batc
     for k, p in waiting:
         if p.amount_idr <= left:
             left -= p.amount_idr
+            result.applied.append(p.event_id)
         else:
             del state[k]
             result.dropped.append((token, k, "reversal_exceeds_original"))
@@ -377,6 +404,7 @@ def _decide_reversal(event: Reversal, key: int, digests: bytes, state: dict, tok
     state[key] = reversal_entry(event, digests, original)
     result.changed[token] = state
     result.outcomes.append(outcomes.ACCEPTED)
+    result.applied.append(state[key].event_id)
     result.postings.append(Posting(
         _household_of(original, token), event_id_bytes(event.event_id), bytes.fromhex(token), original.programme_code,
         original.period, -event.amount_idr, original.source_type, event.reversed_at_us, "", original.event_id,

@@ -76,6 +76,52 @@ REVERSAL_INTAKE_CODES: tuple[str, ...] = (
     "reversed_at_in_future",
 )
 
+# The budget side's intake checks (record_type "allocation" and "release"), in precedence order.
+ALLOCATION_INTAKE_CODES: tuple[str, ...] = (
+    "record_type_unknown",
+    "field_unknown",
+    "source_system_required",
+    "source_ref_required",
+    "source_system_too_long",
+    "source_ref_too_long",
+    "source_type_unknown",
+    "funding_account_required",
+    "funding_account_too_long",
+    "agency_code_required",
+    "programme_code_required",
+    "programme_code_unknown",
+    "programme_inactive",
+    "fiscal_year_invalid",
+    "amount_idr_required",
+    "amount_idr_must_be_integer",
+    "amount_idr_must_be_whole_rupiah",
+    "amount_idr_must_be_positive",
+    "amount_idr_too_large",
+    "allocated_at_invalid",
+    "allocated_at_needs_offset",
+    "allocated_at_in_future",
+)
+RELEASE_INTAKE_CODES: tuple[str, ...] = (
+    "record_type_unknown",
+    "field_unknown",
+    "source_system_required",
+    "source_ref_required",
+    "source_system_too_long",
+    "source_ref_too_long",
+    "source_type_unknown",
+    "funding_account_required",
+    "funding_account_too_long",
+    "agency_code_required",
+    "amount_idr_required",
+    "amount_idr_must_be_integer",
+    "amount_idr_must_be_whole_rupiah",
+    "amount_idr_must_be_positive",
+    "amount_idr_too_large",
+    "released_at_invalid",
+    "released_at_needs_offset",
+    "released_at_in_future",
+)
+
 # Content fields compared for an idempotency key, in the order they are compared: the first
 # field that differs names the outcome `exists_with_different_<field>`.
 CONTENT_FIELDS: tuple[str, ...] = (
@@ -104,7 +150,30 @@ REVERSAL_CONTENT_FIELDS: tuple[str, ...] = (
     "agency_code",
 )
 
+# The same for the budget side. No stream decides these: intake (and the projection, as a second
+# line) keeps the first version under a key and refuses another with exists_with_different_<field>.
+ALLOCATION_CONTENT_FIELDS: tuple[str, ...] = (
+    "source_type",
+    "funding_account",
+    "agency_code",
+    "programme_code",
+    "fiscal_year",
+    "amount_idr",
+    "allocated_at",
+)
+RELEASE_CONTENT_FIELDS: tuple[str, ...] = (
+    "source_type",
+    "funding_account",
+    "agency_code",
+    "amount_idr",
+    "released_at",
+)
+BUDGET_KEY_CODES: tuple[str, ...] = tuple(
+    dict.fromkeys(f"exists_with_different_{f}" for f in ALLOCATION_CONTENT_FIELDS + RELEASE_CONTENT_FIELDS)
+)
+
 REVERSAL_PENDING = "reversal_pending"  # accepted; its original is not in the ledger yet
+PASSED_BY = "passed_by"  # a budget record read by the person stage: it concerns no person, nothing to decide
 
 # Reversal outcomes the stream decides (dead-lettered).
 REVERSAL_CODES: tuple[str, ...] = (
@@ -126,8 +195,9 @@ WIRE_CODES: tuple[str, ...] = (
 )
 
 # Codes of the HTTP gateway (connectors.gateway), in the order a request is checked. A record in
-# a request is then checked with INTAKE_CODES or REVERSAL_INTAKE_CODES, then for scope, then for
-# its idempotency key (`exists` or `exists_with_different_<field>`).
+# a request is then checked with INTAKE_CODES, REVERSAL_INTAKE_CODES, ALLOCATION_INTAKE_CODES or
+# RELEASE_INTAKE_CODES, then for scope, then for its idempotency key (`exists` or
+# `exists_with_different_<field>`).
 GATEWAY_CODES: tuple[str, ...] = (
     "body_too_large",  # more bytes than AIDLEDGER_GATEWAY_MAX_BODY_BYTES (declared or sent)
     "unauthenticated",  # no API key, a malformed one, an unknown one or a revoked one
@@ -145,8 +215,9 @@ GATEWAY_CODES: tuple[str, ...] = (
     "storage_unavailable",  # PostgreSQL did not commit: nothing was accepted, retry
 )
 
-ALL_CODES: tuple[str, ...] = tuple(dict.fromkeys(INTAKE_CODES + REVERSAL_INTAKE_CODES + STREAM_CODES + WIRE_CODES
-                                                 + GATEWAY_CODES))
+ALL_CODES: tuple[str, ...] = tuple(dict.fromkeys(INTAKE_CODES + REVERSAL_INTAKE_CODES + ALLOCATION_INTAKE_CODES
+                                                 + RELEASE_INTAKE_CODES + STREAM_CODES + BUDGET_KEY_CODES
+                                                 + WIRE_CODES + GATEWAY_CODES))
 
 
 def exists_with_different(field: str) -> str:

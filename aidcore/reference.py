@@ -35,6 +35,7 @@ class Reference:
     regencies: dict[str, str]
     max_amount_idr: int
     future_tolerance_s: int
+    max_budget_amount_idr: int = 1_000_000_000_000_000  # one allocation or release above this is absurd
 
     def regency_name(self, region_code: str) -> str:
         return self.regencies.get(region_code[:4], f"region {region_code[:4]}")
@@ -45,6 +46,8 @@ def parse_reference(text: str) -> Reference:
     try:
         programmes = {}
         for code, p in data["programmes"].items():
+            if ":" in code:  # account names end in the programme code (aidcore.postings)
+                raise ReferenceError_(f"programmes.{code}: a programme code cannot hold ':'")
             if p.get("paid_to") not in ("person", "household"):
                 raise ReferenceError_(f"programmes.{code}.paid_to must be 'person' or 'household'")
             programmes[code] = Programme(
@@ -66,9 +69,17 @@ def parse_reference(text: str) -> Reference:
             regencies={str(k): str(v) for k, v in data.get("regencies", {}).items()},
             max_amount_idr=max_amount,
             future_tolerance_s=int(data.get("future_tolerance_s", 86_400)),
+            max_budget_amount_idr=_positive(data.get("max_budget_amount_idr", 1_000_000_000_000_000),
+                                            "max_budget_amount_idr"),
         )
     except KeyError as missing:
         raise ReferenceError_(f"reference data lacks the key {missing}") from None
+
+
+def _positive(value, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ReferenceError_(f"{key} must be a positive integer")
+    return value
 
 
 def default_reference() -> Reference:

@@ -319,14 +319,51 @@ def cmd_alerts(args) -> int:
     return 0
 
 
+def _as_of(text: str | None):
+    """The moment of --as-of: ISO 8601 with a UTC offset (a moment without one is ambiguous)."""
+    from datetime import datetime
+
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise SystemExit("aidledger: --as-of must be an ISO 8601 timestamp, e.g. 2026-04-10T12:00:00+07:00") from None
+    if moment.utcoffset() is None:
+        raise SystemExit("aidledger: --as-of needs a UTC offset, e.g. 2026-04-10T12:00:00+07:00")
+    return moment
+
+
+def _rp(amount: int) -> str:
+    return f"Rp {amount:,}".replace(",", ".")
+
+
 def cmd_trail(args) -> int:
     import psycopg
 
     from infra.stack import token_key
-    from projections.queries import trail
+    from projections.queries import record_trail, trail
 
     home = _home(args)
+    as_of = _as_of(args.as_of)
+    if (args.identity is None) == (args.source_ref is None):
+        print("aidledger trail: name a NIK (or provisional id), or --source-ref SYSTEM REF", file=sys.stderr)
+        return 2
     _, dsn = resolve_endpoints(home)
+    who = args.who or getpass.getuser()
+    if args.source_ref:
+        system, ref = args.source_ref
+        with psycopg.connect(dsn) as conn:
+            found = record_trail(conn, default_reference(), system, ref, who=who, why=args.why, as_of=as_of)
+        if found is None:
+            print(f"aidledger trail: nothing recorded under {system}/{ref}"
+                  f"{' by ' + args.as_of if as_of else ''}", file=sys.stderr)
+            return 1
+        if args.json:
+            _dump(found)
+            return 0
+        _print_record_trail(found)
+        return 0
     key = token_key(_stack(), home)
     if args.provisional:
         token = nikmod.provisional_token(key, args.identity.strip())
@@ -338,20 +375,121 @@ def cmd_trail(args) -> int:
             return 2
         token = nikmod.person_token(key, nik)
     with psycopg.connect(dsn) as conn:
-        result = trail(conn, default_reference(), token, who=args.who or getpass.getuser(), why=args.why)
+        result = trail(conn, default_reference(), token, who=who, why=args.why, as_of=as_of)
     if args.json:
         _dump(result)
         return 0
-    print(f"person {token} ({result['identity_kind'] or 'unknown identity'}): {result['recipient_name'] or '-'}")
+    print(f"person {token} ({result['identity_kind'] or 'unknown identity'}): {result['recipient_name'] or '-'}"
+          f"{'  as of ' + result['as_of'] if result['as_of'] else ''}")
     if not result["events"]:
         print("no disbursements recorded")
     for e in result["events"]:
         flag = "" if e["accepted"] else f"  NOT ACCEPTED: {e['outcome']}"
         print(f"  {e['disbursed_at'][:10]} {e['programme_code']:<13} {e['period']} Rp {e['amount_idr']:>12,} "
               f"{e['source_system']}/{e['source_ref']} via {e['channel']} ({e['agency_code']}){flag}".replace(",", "."))
+        _print_path(e, "      ")
+    for r in result["reversals_without_payment"]:
+        print(f"  reversal {r['source_system']}/{r['source_ref']} of {r['original_source_system']}/"
+              f"{r['original_source_ref']}: {_rp(r['amount_idr'])} {r['status']}")
+    print(f"  balance {_rp(result['balance_idr'])} (net of reversals)")
     for a in result["alerts"]:
         print(f"  ALERT [{a['rule_id']}] {a['message']}")
     return 0
+
+
+def _print_path(e: dict, indent: str) -> None:
+    """budget line -> agency -> programme -> channel -> recipient, and what was taken back."""
+    path = e["path"]
+    line = path["budget_line"]
+    treasury = "/".join(path["treasury"]) or "no release recorded"
+    print(f"{indent}treasury {treasury} -> budget line {line['funding_account']} (allocated "
+          f"{_rp(line['allocated_idr'])}, released to the agency {_rp(line['released_to_agency_idr'])})"
+          f" -> agency {path['agency']['agency_code']} -> programme {path['programme']['programme_code']}"
+          f" -> {path['channel']} -> recipient")
+    for r in e["reversals"]:
+        print(f"{indent}reversal {r['source_system']}/{r['source_ref']} {_rp(r['amount_idr'])}: {r['status']}"
+              f" ({r['reason']})")
+    if e["accepted"] and e["reversals"]:
+        print(f"{indent}net {_rp(e['net_amount_idr'])}")
+
+
+def _print_record_trail(found: dict) -> None:
+    print(f"{found['record_type']} {found['source_system']}/{found['source_ref']}"
+          f"{'  as of ' + found['as_of'] if found['as_of'] else ''}")
+    if found["record_type"] in ("allocation", "release"):
+        record, line = found["budget_record"], found["budget_line"]
+        if record is None:
+            print("  recorded, not projected yet")
+            return
+        print(f"  {_rp(record['amount_idr'])} {record['source_type']} budget line {record['funding_account']} -> agency"
+              f" {record['agency_code']}{' programme ' + record['programme_code'] if 'programme_code' in record else ''}"
+              f"{'' if record['accepted'] else '  NOT ACCEPTED: ' + record['outcome']}")
+        for leg in found["postings"]:
+            print(f"    {leg['account']:<48} {leg['amount_idr']:>+18,}".replace(",", "."))
+        print(f"  the line for {line['agency_code']}: allocated {_rp(line['allocated_idr'])}, released"
+              f" {_rp(line['released_to_agency_idr'])}")
+        return
+    print(f"  person {found['person_token']} ({found['identity_kind'] or 'unknown identity'}):"
+          f" {found['recipient_name'] or '-'}")
+    e = found["payment"]
+    if e is None:
+        print("  the payment it names is not in the ledger")
+    else:
+        print(f"  payment {e['source_system']}/{e['source_ref']} {e['programme_code']} {e['period']}"
+              f" {_rp(e['amount_idr'])}{'' if e['accepted'] else '  NOT ACCEPTED: ' + e['outcome']}")
+        _print_path(e, "    ")
+        for leg in e["postings"]:
+            print(f"    {leg['account']:<48} {leg['amount_idr']:>+18,}".replace(",", "."))
+    if found.get("reversal") is not None:
+        r = found["reversal"]
+        print(f"  this reversal: {_rp(r['amount_idr'])} {r['status']} ({r['reason']})")
+
+
+def cmd_audit(args) -> int:
+    """overspend | balances: the money audit from the projection."""
+    import psycopg
+
+    from projections.queries import money_audit
+
+    as_of = _as_of(args.as_of)
+    _, dsn = resolve_endpoints(_home(args))
+    with psycopg.connect(dsn) as conn:
+        report = money_audit(conn, as_of)
+    if args.action == "balances":
+        if args.json:
+            _dump({"as_of": report["as_of"], "balances": report["balances"], "reconciliation": report["reconciliation"]})
+            return 0
+        for account, balance in sorted(report["balances"].items()):
+            if args.all or not account.startswith("recipient:"):
+                print(f"{account:<56} {balance:>+20,}".replace(",", "."))
+        _print_reconciliation(report["reconciliation"])
+        return 0
+    if args.json:
+        _dump({"as_of": report["as_of"], **report["overspending"], "reconciliation": report["reconciliation"]})
+        return 0
+    over = report["overspending"]
+    if not any(over.values()):
+        print("no programme, agency or budget line paid beyond its money")
+    for r in over["programmes"]:
+        print(f"programme {r['agency_code']} {r['programme_code']}: paid {_rp(r['disbursed_idr'])} of "
+              f"{_rp(r['allocated_idr'])} allocated, {_rp(r['over_idr'])} over"
+              f"{' (no allocation recorded)' if not r['allocated_idr'] else ''}")
+    for r in over["agencies_over_allocation"]:
+        print(f"agency {r['agency_code']}: paid {_rp(r['disbursed_idr'])} of {_rp(r['allocated_idr'])} allocated,"
+              f" {_rp(r['over_idr'])} over")
+    for r in over["agencies_over_releases"]:
+        print(f"agency {r['agency_code']}: paid {_rp(r['disbursed_idr'])} of {_rp(r['received_idr'])} released to it,"
+              f" {_rp(r['over_idr'])} over")
+    for r in over["budget_lines"]:
+        print(f"budget line {r['funding_account']}: charged {_rp(r['disbursed_idr'])} of {_rp(r['allocated_idr'])}"
+              f" allocated, {_rp(r['over_idr'])} over")
+    _print_reconciliation(report["reconciliation"])
+    return 0
+
+
+def _print_reconciliation(check: dict) -> None:
+    print(f"books {'reconcile' if check['holds'] else 'DO NOT RECONCILE'}: sum of balances {_rp(check['sum_of_balances_idr'])},"
+          f" treasuries paid out {_rp(check['treasury_outflow_idr'])}, agencies received {_rp(check['agency_inflow_idr'])}")
 
 
 def cmd_deadletters(args) -> int:
@@ -498,12 +636,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--rule")
     p.add_argument("--limit", type=int)
-    p = add("trail", cmd_trail, "one person's full history: events, totals, alerts")
-    p.add_argument("identity", help="the NIK (or, with --provisional, the provisional id)")
+    p = add("trail", cmd_trail, "one person's full history, or one record's: the path of the money (budget line,"
+                                " agency, programme, channel, recipient), reversals, totals, alerts")
+    p.add_argument("identity", nargs="?", help="the NIK (or, with --provisional, the provisional id)")
+    p.add_argument("--source-ref", nargs=2, metavar=("SYSTEM", "REF"),
+                   help="instead of a person: the record under this source reference (payment, reversal or budget record)")
+    p.add_argument("--as-of", metavar="TIMESTAMP",
+                   help="the ledger as it stood then: ISO 8601 with offset, compared with intake times")
     p.add_argument("--provisional", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--who", help="recorded in the vault access log (default: the OS user)")
     p.add_argument("--why", default="trail", help="recorded in the vault access log")
+    p = add("audit", cmd_audit, "the money audit: who paid beyond the money allocated or released to them"
+                                " (overspend), or every account's balance (balances); both say whether the books reconcile")
+    p.add_argument("action", nargs="?", choices=["overspend", "balances"], default="overspend")
+    p.add_argument("--as-of", metavar="TIMESTAMP", help="as the ledger stood then (ISO 8601 with offset)")
+    p.add_argument("--all", action="store_true", help="balances: recipients' accounts too")
+    p.add_argument("--json", action="store_true")
     p = add("rules", cmd_rules, "the detection rulebook: check a file, show the one in force, its history, "
                                 "activate a new one, or simulate one on history")
     p.add_argument("action", choices=["check", "show", "history", "activate", "simulate"])

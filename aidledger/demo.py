@@ -123,8 +123,8 @@ def reversal_check(dataset: synthetic.Dataset, alerts: list[dict], key: bytes) -
 
 
 def _worker_outcomes(stack: Stack) -> Counter | None:
-    """The workers' decisions by outcome, from their metrics (the archive does not keep
-    reversals yet); None if a worker does not answer."""
+    """The workers' decisions by outcome, from their metrics (refused reversals are only in their
+    dead letters); None if a worker does not answer."""
     out: Counter = Counter()
     prefix = 'aidledger_worker_events_total{outcome="'
     for name, url in stack.endpoints()["metrics"].items():

@@ -1,5 +1,5 @@
-"""The HTTP gateway: agencies submit disbursements, reversals and declared batches, and read back
-what they submitted. A thin shell: decode the body, validate with the core
+"""The HTTP gateway: agencies submit disbursements, reversals, the budget records of their money
+(allocations, treasury releases) and declared batches, and read back what they submitted. A thin shell: decode the body, validate with the core
 (`aidcore.intake.validate_any`), check the agency's scope (`aidcore.agencies.scope_problem`),
 then decide idempotency and write durably in one PostgreSQL transaction (`connectors.intake.submit`,
 the same outbox the file intake and the relay use).
@@ -38,12 +38,17 @@ from starlette.routing import Match
 from aidcore import outcomes
 from aidcore.agencies import AGENCY_OUT_OF_SCOPE, Agency, may_read, scope_problem
 from aidcore.intake import (
+    ALLOCATION_FIELDS,
     INPUT_FIELDS,
+    RELEASE_FIELDS,
     REVERSAL_FIELDS,
     Accepted,
+    AcceptedBudget,
     AcceptedReversal,
+    BudgetAllocation,
     Disbursement,
     Rejection,
+    Reversal,
     validate_any,
 )
 from aidcore.ledger import Rulebook
@@ -184,7 +189,11 @@ _FIELD_DOCS = {
     "kind": "CASH, IN_KIND or PREMIUM",
     "channel": "BANK_TRANSFER, POS, E_WALLET, CASH or GOODS",
     "region_code": "10-digit village code of residence",
-    "record_type": "disbursement (default) or reversal",
+    "record_type": "disbursement (default), reversal, allocation or release",
+    "funding_account": "the budget line the money comes from",
+    "fiscal_year": "the year of the budget, e.g. 2026",
+    "allocated_at": "ISO 8601 with offset",
+    "released_at": "ISO 8601 with offset",
     "original_source_system": "the reversed payment's source system (default: source_system)",
     "original_source_ref": "the reversed payment's source_ref",
     "reason": "why the payment is reversed",
@@ -196,7 +205,8 @@ _OPTIONAL = {"provisional_id", "kk", "recipient_name", "record_type", "original_
 def _record_schema(names: tuple[str, ...], title: str) -> dict:
     props = {}
     for name in names:
-        spec: dict[str, Any] = {"type": ["integer", "string"]} if name == "amount_idr" else {"type": "string"}
+        spec: dict[str, Any] = ({"type": ["integer", "string"]} if name in ("amount_idr", "fiscal_year")
+                                else {"type": "string"})
         if name in _FIELD_DOCS:
             spec["description"] = _FIELD_DOCS[name]
         props[name] = spec
@@ -206,6 +216,8 @@ def _record_schema(names: tuple[str, ...], title: str) -> dict:
 
 DISBURSEMENT_SCHEMA = _record_schema(INPUT_FIELDS + ("record_type",), "Disbursement")
 REVERSAL_SCHEMA = _record_schema(REVERSAL_FIELDS, "Reversal")
+ALLOCATION_SCHEMA = _record_schema(ALLOCATION_FIELDS, "Allocation")
+RELEASE_SCHEMA = _record_schema(RELEASE_FIELDS, "Release")
 BATCH_SCHEMA = {
     "title": "Batch", "type": "object", "additionalProperties": False, "required": ["count", "total_idr", "records"],
     "properties": {
@@ -213,7 +225,7 @@ BATCH_SCHEMA = {
         "total_idr": {"type": "integer", "minimum": 0, "description": "the sum of amount_idr over the records"
                       " (reversals count with their positive amount)"},
         "records": {"type": "array", "maxItems": BATCH_MAX_RECORDS,
-                    "items": {"oneOf": [DISBURSEMENT_SCHEMA, REVERSAL_SCHEMA]}},
+                    "items": {"oneOf": [DISBURSEMENT_SCHEMA, REVERSAL_SCHEMA, ALLOCATION_SCHEMA, RELEASE_SCHEMA]}},
     },
 }
 
@@ -328,17 +340,18 @@ def create_app(settings: GatewaySettings, ctx: GatewayContext) -> FastAPI:
         except orjson.JSONDecodeError:
             raise GatewayError(400, "body_not_json", "the body must be UTF-8 JSON") from None
 
-    def validate(raw: Any, agency: Agency, now_us: int, expect: str | None) -> Accepted | AcceptedReversal | Rejection:
+    def validate(raw: Any, agency: Agency, now_us: int,
+                 expect: str | None) -> Accepted | AcceptedReversal | AcceptedBudget | Rejection:
         if expect is not None and isinstance(raw, dict):
             record_type = str(raw.get("record_type") or expect).strip()
             if record_type != expect:
                 return Rejection("record_type_unknown", "record_type", f"this endpoint takes record_type {expect} only")
-            if expect == "reversal":
-                raw = {**raw, "record_type": "reversal"}
+            if expect != "disbursement":
+                raw = {**raw, "record_type": expect}
         outcome = validate_any(raw, reference=ctx.reference, token_key=ctx.token_key, now_us=now_us)
         if isinstance(outcome, Rejection):
             return outcome
-        event = outcome.disbursement if isinstance(outcome, Accepted) else outcome.reversal
+        event = _event_of(outcome)
         problem = scope_problem(agency, event)
         if problem is not None:
             return Rejection(AGENCY_OUT_OF_SCOPE, *problem)
@@ -348,7 +361,7 @@ def create_app(settings: GatewaySettings, ctx: GatewayContext) -> FastAPI:
         return {"outcome": outcomes.ACCEPTED, "event_id": s.event_id, "source_system": s.source_system,
                 "source_ref": s.source_ref, "redelivered": s.redelivered}
 
-    def store(items: list[Accepted | AcceptedReversal], now_us: int) -> list[Submitted]:
+    def store(items: list[Accepted | AcceptedReversal | AcceptedBudget], now_us: int) -> list[Submitted]:
         with pool.connection() as conn:
             return submit(conn, items, ledger_topic=ctx.ledger_topic, alerts_topic=ctx.alerts_topic,
                           reference=ctx.reference, rulebook=rulebook(conn), now_us=now_us)
@@ -385,6 +398,18 @@ def create_app(settings: GatewaySettings, ctx: GatewayContext) -> FastAPI:
               description="Takes back (part of) one of the agency's own payments, named by its source reference.")
     async def post_reversal(request: Request, agency: Agency = Depends(caller)):
         return await one(request, agency, "reversal")
+
+    @app.post("/v1/allocations", status_code=202, response_model=RecordOut, openapi_extra=_body(ALLOCATION_SCHEMA),
+              responses=_errors(400, 401, 403, 409, 413, 422, 429, 503), summary="Record one budget allocation",
+              description="A budget line's money given to the agency for one of its programmes and a fiscal year.")
+    async def post_allocation(request: Request, agency: Agency = Depends(caller)):
+        return await one(request, agency, "allocation")
+
+    @app.post("/v1/releases", status_code=202, response_model=RecordOut, openapi_extra=_body(RELEASE_SCHEMA),
+              responses=_errors(400, 401, 403, 409, 413, 422, 429, 503), summary="Record one treasury release",
+              description="Cash a treasury sent to the agency against a budget line.")
+    async def post_release(request: Request, agency: Agency = Depends(caller)):
+        return await one(request, agency, "release")
 
     @app.post("/v1/batches", status_code=202, response_model=BatchOut, openapi_extra=_body(BATCH_SCHEMA),
               responses=_errors(400, 401, 403, 409, 413, 422, 429, 503),
@@ -470,21 +495,35 @@ def create_app(settings: GatewaySettings, ctx: GatewayContext) -> FastAPI:
     return MeasuredApp(app, settings.max_body_bytes)
 
 
-def _amount(accepted: Accepted | AcceptedReversal) -> int:
-    return accepted.disbursement.amount_idr if isinstance(accepted, Accepted) else accepted.reversal.amount_idr
+def _event_of(accepted: Accepted | AcceptedReversal | AcceptedBudget):
+    if isinstance(accepted, Accepted):
+        return accepted.disbursement
+    return accepted.reversal if isinstance(accepted, AcceptedReversal) else accepted.record
+
+
+def _amount(accepted: Accepted | AcceptedReversal | AcceptedBudget) -> int:
+    return _event_of(accepted).amount_idr
 
 
 def _describe(event, recorded_at, accepted, outcome) -> dict:
     common = {"event_id": event.event_id, "source_system": event.source_system, "source_ref": event.source_ref,
-              "agency_code": event.agency_code, "person_token": event.person_token, "amount_idr": event.amount_idr,
+              "agency_code": event.agency_code, "person_token": getattr(event, "person_token", ""),
+              "amount_idr": event.amount_idr,
               "recorded_at": recorded_at.isoformat(), "projected": accepted is not None, "accepted": accepted,
               "outcome": outcome}
     if isinstance(event, Disbursement):
         return {"record_type": "disbursement", **common, "programme_code": event.programme_code,
                 "period": event.period, "source_type": event.source_type, "kind": event.kind,
                 "channel": event.channel, "region_code": event.region_code, "funding_account": event.funding_account}
-    return {"record_type": "reversal", **common, "original_source_system": event.original_source_system,
-            "original_source_ref": event.original_source_ref, "reason": event.reason}
+    if isinstance(event, Reversal):
+        return {"record_type": "reversal", **common, "original_source_system": event.original_source_system,
+                "original_source_ref": event.original_source_ref, "reason": event.reason}
+    common.pop("person_token")  # a budget record concerns no person
+    budget = {**common, "source_type": event.source_type, "funding_account": event.funding_account}
+    if isinstance(event, BudgetAllocation):
+        return {"record_type": "allocation", **budget, "programme_code": event.programme_code,
+                "fiscal_year": event.fiscal_year}
+    return {"record_type": "release", **budget}
 
 
 class MeasuredApp:

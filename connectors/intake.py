@@ -4,6 +4,9 @@ Rejected rows go to a rejection report (row, field, code, message) and to ledger
 The relay publishes the outbox to Kafka; a record is accepted once its chunk has committed.
 
 The same record submitted again (same event id) is counted as redelivered and stored once.
+Budget records (allocations, releases) are keyed by their funding account on the log and no
+stream decides them, so another version under a known key is refused here, with its
+`exists_with_different_<field>` code, and never reaches the log.
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ from typing import Callable, Iterable
 
 import psycopg
 
-from aidcore.intake import Accepted, AcceptedReversal, Rejection, Reversal, validate_any
+from aidcore.intake import (
+    Accepted,
+    AcceptedBudget,
+    AcceptedReversal,
+    BudgetAllocation,
+    Rejection,
+    Reversal,
+    TreasuryRelease,
+    record_type_of,
+    validate_any,
+)
 from aidcore.outcomes import ACCEPTED, EXISTS
 from aidcore.ledger import (
     RULE_MODIFIED_RESUBMISSION,
@@ -28,9 +41,9 @@ from aidcore.ledger import (
     Rulebook,
     event_id_bytes,
     idem_key,
+    key_outcome,
     modified_resubmission_alert,
     payment_of,
-    resubmission_outcome,
 )
 from aidcore.reference import Reference
 from connectors.files import RowError, read_rows
@@ -198,9 +211,19 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
                 if original is not None and original.event_id == d.event_id:
                     report.redelivered += 1
                     continue
+                if original is not None and _budget_involved(original, d):
+                    code = key_outcome(original.record_type, original.event_id, original.digests, d)
+                    reject(number, raws[number], code, code.removeprefix("exists_with_different_"),
+                           f"{d.source_system} reference {d.source_ref} was already recorded with other content")
+                    continue
+                if isinstance(d, BUDGET_TYPES):
+                    known[key] = _KnownKey(d.event_id, "", d.digests(), _budget_payment(d), record_type_of(d))
+                    new_keys.append(_budget_key_row(d))
+                    outbox_rows.append(_budget_outbox_row(d, ledger_topic))
+                    by_event[d.event_id] = (ALLOCATIONS if isinstance(d, BudgetAllocation) else RELEASES, d.amount_idr)
+                    continue
                 if original is not None and original.person_token != d.person_token:
-                    code = resubmission_outcome(original.event_id, original.digests, d,
-                                                original_is_reversal=original.payment.is_reversal)
+                    code = key_outcome(original.record_type, original.event_id, original.digests, d)
                     reject(number, raws[number], code, "nik",
                            f"{d.source_system} reference {d.source_ref} was already recorded for another person")
                     if RULE_MODIFIED_RESUBMISSION in rulebook.enabled:
@@ -211,19 +234,20 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
                     continue
                 if isinstance(d, Reversal):
                     if original is None:
-                        known[key] = _KnownKey(d.event_id, d.person_token, d.digests(), _reversal_payment(d))
+                        known[key] = _KnownKey(d.event_id, d.person_token, d.digests(), _reversal_payment(d), "reversal")
                         new_keys.append((d.source_system, d.source_ref, d.event_id, d.person_token, d.digests(), "",
-                                         "", d.amount_idr, d.reversed_at_us, "", ""))
+                                         "", d.amount_idr, d.reversed_at_us, "", "", "reversal"))
                     outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(), codec.encode_reversal(d),
                                         _ts(d.recorded_at_us)))
                     by_event[d.event_id] = (REVERSALS, -d.amount_idr)
                     continue
                 if original is None:
                     digests = d.digests()
-                    entry = _KnownKey(d.event_id, d.person_token, digests, payment_of(d, digests))
+                    entry = _KnownKey(d.event_id, d.person_token, digests, payment_of(d, digests), "disbursement")
                     known[key] = entry
                     new_keys.append((d.source_system, d.source_ref, d.event_id, d.person_token, digests, d.programme_code,
-                                     d.period, d.amount_idr, d.disbursed_at_us, d.region_code, d.source_type))
+                                     d.period, d.amount_idr, d.disbursed_at_us, d.region_code, d.source_type,
+                                     "disbursement"))
                 # a new key, or the same person's key with other content: the stream decides and alerts
                 outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(), codec.encode_disbursement(d),
                                     _ts(d.recorded_at_us)))
@@ -258,7 +282,8 @@ def _write(cur, new_keys, outbox_rows, identities: dict, households: dict) -> se
     given) and the vault rows; returns the event ids the outbox did not hold yet."""
     if new_keys:
         with cur.copy("COPY ledger.intake_keys (source_system, source_ref, event_id, person_token, digests,"
-                      " programme_code, period, amount_idr, disbursed_at_us, region_code, source_type) FROM STDIN") as copy:
+                      " programme_code, period, amount_idr, disbursed_at_us, region_code, source_type, record_type)"
+                      " FROM STDIN") as copy:
             for row in new_keys:
                 copy.write_row(row)
     if not outbox_rows:
@@ -309,7 +334,7 @@ class Submitted:
 BATCH_HAS_CONFLICTS = "batch_has_conflicts"  # the outcome of a new record not written because another conflicted
 
 
-def submit(conn: psycopg.Connection, items: list[Accepted | AcceptedReversal], *, ledger_topic: str, alerts_topic: str,
+def submit(conn: psycopg.Connection, items: list[Accepted | AcceptedReversal | AcceptedBudget], *, ledger_topic: str, alerts_topic: str,
            reference: Reference, rulebook: Rulebook, now_us: int) -> list[Submitted]:
     """Records validated by the core, decided against every idempotency key at the door and
     written durably all together or not at all, in one transaction (the HTTP gateway's path).
@@ -333,26 +358,31 @@ def submit(conn: psycopg.Connection, items: list[Accepted | AcceptedReversal], *
                 key = (d.source_system, d.source_ref)
                 original = known.get(key)
                 if original is not None:
-                    code = resubmission_outcome(original.event_id, original.digests, d,
-                                                original_is_reversal=original.payment.is_reversal)
+                    code = key_outcome(original.record_type, original.event_id, original.digests, d)
                     results.append(Submitted(code, original.event_id if code == EXISTS else d.event_id, *key))
-                    if code != EXISTS and RULE_MODIFIED_RESUBMISSION in rulebook.enabled:
+                    if code != EXISTS and RULE_MODIFIED_RESUBMISSION in rulebook.enabled \
+                            and not _budget_involved(original, d):
                         alert = modified_resubmission_alert(d, original.payment, original.person_token, code, rulebook,
                                                             reference, now_us)
                         alert_rows.append((_alert_row_id(alert), alerts_topic, alert.subject_token.encode(),
                                            codec.encode_alert(alert), _ts(now_us)))
                     continue
                 digests = d.digests()
-                if isinstance(d, Reversal):
-                    known[key] = _KnownKey(d.event_id, d.person_token, digests, _reversal_payment(d))
+                if isinstance(d, BUDGET_TYPES):
+                    known[key] = _KnownKey(d.event_id, "", digests, _budget_payment(d), record_type_of(d))
+                    new_keys.append(_budget_key_row(d))
+                    outbox_rows.append(_budget_outbox_row(d, ledger_topic))
+                elif isinstance(d, Reversal):
+                    known[key] = _KnownKey(d.event_id, d.person_token, digests, _reversal_payment(d), "reversal")
                     new_keys.append((d.source_system, d.source_ref, d.event_id, d.person_token, digests, "", "",
-                                     d.amount_idr, d.reversed_at_us, "", ""))
+                                     d.amount_idr, d.reversed_at_us, "", "", "reversal"))
                     outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(), codec.encode_reversal(d),
                                         _ts(d.recorded_at_us)))
                 else:
-                    known[key] = _KnownKey(d.event_id, d.person_token, digests, payment_of(d, digests))
+                    known[key] = _KnownKey(d.event_id, d.person_token, digests, payment_of(d, digests), "disbursement")
                     new_keys.append((d.source_system, d.source_ref, d.event_id, d.person_token, digests, d.programme_code,
-                                     d.period, d.amount_idr, d.disbursed_at_us, d.region_code, d.source_type))
+                                     d.period, d.amount_idr, d.disbursed_at_us, d.region_code, d.source_type,
+                                     "disbursement"))
                     outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(),
                                         codec.encode_disbursement(d), _ts(d.recorded_at_us)))
                     ident = acc.identity
@@ -372,11 +402,20 @@ def submit(conn: psycopg.Connection, items: list[Accepted | AcceptedReversal], *
 
 def recorded(conn: psycopg.Connection, source_system: str, source_ref: str):
     """The event recorded under an idempotency key, decoded from the outbox (tokens only, never a
-    clear NIK), with whether the projection has it and its outcome there; None when unknown."""
+    clear NIK), with whether the projection has it and its outcome there; None when unknown. A
+    reversal's outcome is the stream's: `accepted` once applied, `reversal_pending` while it waits
+    for its original, its dead letter's code once dropped."""
     row = conn.execute(
-        "SELECT o.value, o.recorded_at, e.accepted, e.outcome FROM ledger.intake_keys k"
+        "SELECT o.value, o.recorded_at, coalesce(e.accepted, b.accepted, r.status <> 'removed'),"
+        " coalesce(e.outcome, b.outcome, CASE r.status WHEN 'applied' THEN 'accepted'"
+        " WHEN 'pending' THEN 'reversal_pending' ELSE coalesce(d.code, 'removed') END)"
+        " FROM ledger.intake_keys k"
         " JOIN ledger.outbox o ON o.event_id = k.event_id"
         " LEFT JOIN ledger.events e ON e.event_id = k.event_id"
+        " LEFT JOIN ledger.budget_events b ON b.event_id = k.event_id"
+        " LEFT JOIN ledger.reversals r ON r.event_id = k.event_id"
+        " LEFT JOIN LATERAL (SELECT code FROM ledger.deadletters d WHERE d.source_topic = r.topic"
+        " AND d.source_partition = r.partition AND d.source_offset = r.\"offset\" LIMIT 1) d ON true"
         " WHERE k.source_system = %s AND k.source_ref = %s", (source_system, source_ref),
     ).fetchone()
     if row is None:
@@ -399,16 +438,46 @@ def _copy_upsert(cur, table: str, columns: tuple[str, ...], rows) -> None:
 @dataclass(frozen=True, slots=True)
 class _KnownKey:
     event_id: str
-    person_token: str
+    person_token: str  # empty for a budget record
     digests: bytes
     payment: Payment
+    record_type: str  # disbursement, reversal, allocation or release
 
 
 REVERSALS = "(reversals)"  # the intake report's line for reversals: count and rupiah taken back
+ALLOCATIONS = "(allocations)"  # the same for budget allocations and treasury releases
+RELEASES = "(releases)"
+BUDGET_TYPES = (BudgetAllocation, TreasuryRelease)
+_BUDGET_RECORD_TYPES = ("allocation", "release")
 
 
-def _event(acc: Accepted | AcceptedReversal):
-    return acc.disbursement if isinstance(acc, Accepted) else acc.reversal
+def _event(acc: Accepted | AcceptedReversal | AcceptedBudget):
+    if isinstance(acc, Accepted):
+        return acc.disbursement
+    return acc.reversal if isinstance(acc, AcceptedReversal) else acc.record
+
+
+def _budget_involved(original: "_KnownKey", event) -> bool:
+    """A key that is or would become a budget record's: decided here alone, never alerted (alerts
+    are about people) and never passed to the stream."""
+    return original.record_type in _BUDGET_RECORD_TYPES or isinstance(event, BUDGET_TYPES)
+
+
+def _budget_payment(d: BudgetAllocation | TreasuryRelease) -> Payment:
+    """How a budget record's key is remembered next to the others (only its id and digests count)."""
+    return Payment(event_id_bytes(d.event_id), getattr(d, "programme_code", ""), "", d.amount_idr, d.digests(),
+                   d.allocated_at_us if isinstance(d, BudgetAllocation) else d.released_at_us, d.source_type)
+
+
+def _budget_key_row(d: BudgetAllocation | TreasuryRelease) -> tuple:
+    p = _budget_payment(d)
+    return (d.source_system, d.source_ref, d.event_id, "", p.digests, p.programme_code, "", d.amount_idr,
+            p.disbursed_at_us, "", d.source_type, record_type_of(d))
+
+
+def _budget_outbox_row(d: BudgetAllocation | TreasuryRelease, ledger_topic: str) -> tuple:
+    # keyed by the budget line: its records stay in order on one partition
+    return (d.event_id, ledger_topic, d.funding_account.encode(), codec.encode_budget(d), _ts(d.recorded_at_us))
 
 
 def _reversal_payment(r: Reversal) -> Payment:
@@ -424,17 +493,21 @@ def _known_keys(cur, candidates) -> dict[tuple[str, str], _KnownKey]:
     refs = [_event(acc).source_ref for _, acc in candidates]
     cur.execute(
         "SELECT k.source_system, k.source_ref, k.event_id::text, k.person_token, k.digests, k.programme_code, k.period,"
-        " k.amount_idr, k.disbursed_at_us, k.region_code, k.source_type FROM ledger.intake_keys k"
+        " k.amount_idr, k.disbursed_at_us, k.region_code, k.source_type,"
+        # keys recorded before record types were kept: a reversal's row is the one without a programme
+        " coalesce(k.record_type, CASE WHEN k.programme_code = '' THEN 'reversal' ELSE 'disbursement' END)"
+        " FROM ledger.intake_keys k"
         " JOIN unnest(%s::text[], %s::text[]) AS c(s, r) ON k.source_system = c.s AND k.source_ref = c.r",
         (systems, refs),
     )
     out = {}
-    for system, ref, event_id, token, digests, programme, period, amount, at_us, region, source_type in cur.fetchall():
+    for (system, ref, event_id, token, digests, programme, period, amount, at_us, region, source_type,
+         record_type) in cur.fetchall():
         digests = bytes(digests)
-        # a reversal's key row has no programme; its original key is not kept, so 1 marks it
+        # a reversal's original key is not kept, so 1 marks it
         out[(system, ref)] = _KnownKey(event_id, token, digests,
                                        Payment(event_id_bytes(event_id), programme, period, amount, digests, at_us,
-                                               source_type, b"", 0 if programme else 1))
+                                               source_type, b"", 1 if record_type == "reversal" else 0), record_type)
     return out
 
 

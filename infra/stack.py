@@ -102,7 +102,7 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     for p, end in sorted(marks.items()):
         if done.get(p, 0) < end:
             behind["worker"].append(f"{homes.name}[{p}] {end - done.get(p, 0)} behind")
-    for role in ("alerts", "deadletter"):
+    for role in ("alerts", "deadletter", "state"):  # the state changelog: the stream's reversal decisions
         spec = topics[role]
         marks = asyncio.run(kafka.high_watermarks(bootstrap, spec.name, spec.partitions))
         for p, end in marks.items():

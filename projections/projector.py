@@ -1,4 +1,5 @@
-"""The projector process: reads the ledger, alert and dead-letter topics with manually assigned
+"""The projector process: reads the ledger, alert and dead-letter topics and the person stage's
+state changelog (which says what the stream did with each reversal) with manually assigned
 partitions (no consumer group: its positions are the tracking records in PostgreSQL), and writes
 each batch with its offsets in one transaction (`projections.writer.write_batch`).
 
@@ -38,13 +39,14 @@ UNDECODABLE = Counter(
     ["role"],
 )
 PROJECTOR_NAME = "main"
+PROJECTED_ROLES = ("ledger", "alerts", "deadletter", "state")
 
 
 async def run_projector(database_url: str, stack: StackSettings, settings: ProjectorSettings,
                         stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     specs = declared_topics(stack)
-    topic_names = {role: specs[role].name for role in ("ledger", "alerts", "deadletter")}
+    topic_names = {role: specs[role].name for role in PROJECTED_ROLES}
     conn = psycopg.connect(database_url, autocommit=True)
     prepare(conn)
     offsets = tracked_offsets(conn, PROJECTOR_NAME)
@@ -75,8 +77,12 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
                 ROWS.labels("event").inc(stats.events_new)
                 ROWS.labels("alert").inc(stats.alerts)
                 ROWS.labels("deadletter").inc(stats.deadletters)
+                ROWS.labels("budget").inc(stats.budget_events)
+                ROWS.labels("reversal").inc(stats.reversals)
+                ROWS.labels("reversal_posted").inc(stats.reversals_posted)
                 UNDECODABLE.labels("ledger").inc(stats.events_undecodable)
                 UNDECODABLE.labels("alerts").inc(stats.alerts_undecodable)
+                UNDECODABLE.labels("state").inc(stats.changelog_undecodable)
                 for ms in stats.alert_latencies_ms:
                     ALERT_LATENCY.observe(ms / 1000.0)
             for tp in tps:

@@ -7,11 +7,16 @@ was re-published from offset zero projects to the same rows.
 The idempotency decision for the archive is the core's (`aidcore.ledger.first_difference`): the
 first event under a (source_system, source_ref) is accepted; a later one with other content is
 archived as not accepted, with the named outcome.
+
+The money trail (`_project_money`, at the end of this module) rides the same transaction: budget
+records, reversals as the person stage's changelog says it decided them, their legs
+(`aidcore.postings`) and the balances of the treasury, budget-line, agency and programme accounts.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import struct
 from contextlib import contextmanager
 import dataclasses
@@ -25,9 +30,12 @@ from psycopg import postgres, pq
 from psycopg.adapt import Dumper
 
 from aidcore import outcomes
-from aidcore.intake import Disbursement
-from aidcore.ledger import resubmission_outcome
+from aidcore import postings as money
+from aidcore.intake import BudgetAllocation, Disbursement, record_type_of
+from aidcore.ledger import event_id_text, idem_key, key_outcome, resubmission_outcome
 from schemas import codec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +58,10 @@ class BatchStats:
     alerts: int = 0
     deadletters: int = 0
     alert_latencies_ms: list[float] = field(default_factory=list)
+    budget_events: int = 0  # allocations and releases archived
+    reversals: int = 0  # reversals the stream took in, archived or changed status
+    reversals_posted: int = 0
+    changelog_undecodable: int = 0
 
 
 def _ts(us: int) -> datetime:
@@ -76,7 +88,8 @@ assert tuple(Disbursement.__dataclass_fields__)[:_FIELDS] == tuple(
 )
 assert len(_EVENT_TYPES) == len(_EVENT_COLUMNS)
 _EVENT_ID, _SOURCE_SYSTEM, _SOURCE_REF = 0, 1, 2
-_PROGRAMME, _PERSON, _AMOUNT, _PERIOD, _REGION = 5, 6, 9, 11, 15
+_AGENCY, _PROGRAMME, _PERSON, _AMOUNT, _PERIOD, _REGION, _FUNDING = 4, 5, 6, 9, 11, 15, 16
+_ACCEPTED = _FIELDS + 3  # in an archive row
 _EVENTS_COPY = "COPY ledger.events ({}) FROM STDIN (FORMAT BINARY)".format(
     ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
 )
@@ -125,14 +138,16 @@ def write_batch(
     ledger_records = [r for r in records if r.topic == topics["ledger"]]
     alert_records = [r for r in records if r.topic == topics["alerts"]]
     dead_records = [r for r in records if r.topic == topics["deadletter"]]
+    state_records = [r for r in records if r.topic == topics.get("state")]
     with _cyclic_gc_paused(), conn.transaction():
         with conn.cursor() as cur:
-            if ledger_records:
-                _project_events(cur, ledger_records, stats)
+            trail = _project_events(cur, ledger_records, stats) if ledger_records else None
             if alert_records:
                 _project_alerts(cur, alert_records, stats)
             if dead_records:
                 _project_deadletters(cur, dead_records, stats)
+            if trail is not None or state_records:
+                _project_money(cur, topics["ledger"], trail, state_records, stats)
             cur.executemany(
                 "INSERT INTO ledger.tracking (projector, topic, partition, next_offset, updated_at)"
                 " VALUES (%s, %s, %s, %s, now())"
@@ -164,14 +179,17 @@ Originals = dict[tuple[str, str], tuple[str, bytes]]
 Totals = dict[tuple[str, str, str], list]
 
 
-def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: BatchStats) -> None:
+def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: BatchStats) -> "_MoneyOfBatch":
     """Slice by slice, so that both cores work: decoding is Python's largest cost and the writes
     are PostgreSQL's, and Python decodes the next slice while PostgreSQL works on this one.
     A round has two steps: in pipeline mode PostgreSQL adds the previous slice's totals and
     looks up this slice's events; then this slice is decided and its archive rows go in by
-    COPY, which pipeline mode cannot carry. Half of the next slice decodes during each step."""
+    COPY, which pipeline mode cannot carry. Half of the next slice decodes during each step.
+    Returns what the batch adds to the money trail: the new payments summed by the accounts they
+    leave, and the budget records the decoding set aside."""
     conn = cur.connection
     decoding = _Decoding(records, stats)
+    trail = _MoneyOfBatch({}, decoding.budget)
     decoding.more(_SLICE)
     decoded = decoding.take()
     originals: Originals = {}
@@ -189,15 +207,19 @@ def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
             fresh = [(r, v) for r, v in decoded if v[_EVENT_ID] not in known]
             rows, totals = _decide_events(fresh, originals, stats)
             stats.events_new += len(rows)
+            _add_spent(rows, trail.spent)
         _copy_events(conn, rows, meanwhile=lambda: decoding.more(_SLICE // 2))
         decoded = decoding.take()
     if totals:
         _add_totals(cur, totals)
+    return trail
 
 
-# Rulebook activations are kept in ledger.rulebooks by whoever activates them; reversals are
-# decided by the stream and are not yet archived by the projector.
-_NOT_ARCHIVED_HERE = (codec.RULEBOOK, codec.REVERSAL)
+# The one place ledger records are told apart. Rulebook activations are kept in ledger.rulebooks
+# by whoever activates them; reversals are archived from the person stage's changelog, once the
+# stream took them in (`_project_reversal_decisions`); budget records are set aside for
+# `_project_budget`. Everything else is a payment for the archive.
+_NOT_ARCHIVED_HERE = (codec.RULEBOOK, codec.REVERSAL, *codec.BUDGET_RECORDS)
 
 # Events per slice: small enough that the first slice, decoded with nothing to overlap, is a
 # small share of a batch; large enough that each round trip and COPY costs little.
@@ -214,6 +236,7 @@ class _Decoding:
         self._stats = stats
         self._seen_ids: set[str] = set()
         self._ready: list[tuple[Record, tuple]] = []
+        self.budget: list[Record] = []  # allocations and releases, in log order
 
     @property
     def exhausted(self) -> bool:
@@ -223,7 +246,10 @@ class _Decoding:
         part = self._records[self._next : self._next + n]
         self._next += len(part)
         for r in part:
-            if codec.kind_of(r.value) in _NOT_ARCHIVED_HERE:
+            kind = codec.kind_of(r.value)
+            if kind in _NOT_ARCHIVED_HERE:
+                if kind in codec.BUDGET_RECORDS:
+                    self.budget.append(r)
                 continue
             try:
                 values = codec.decode_disbursement_values(r.value)
@@ -430,3 +456,220 @@ def forget_offsets(conn: psycopg.Connection, projector: str) -> int:
     for a log that was re-published into a broker that lost it, where old offsets mean nothing.
     Re-reading is a no-op for what was projected before (rows are keyed by their identities)."""
     return conn.execute("DELETE FROM ledger.tracking WHERE projector = %s", (projector,)).rowcount
+
+
+# --- the money trail -------------------------------------------------------------------------------
+# Every leg comes from aidcore.postings. A payment's legs are not stored (ledger.journal derives
+# them from its archive row); what they do to the treasury, budget-line, agency and programme
+# balances is summed per batch by the accounts it leaves, and to its recipient by person_totals.
+
+Spent = dict[tuple[str, str, str], int]  # (agency, programme, funding account) -> rupiah of new payments
+
+
+@dataclass(slots=True)
+class _MoneyOfBatch:
+    """What a batch's ledger records add to the money trail, gathered on the event path."""
+
+    spent: Spent
+    budget: list[Record]
+
+
+def _add_spent(rows: Sequence[tuple], spent: Spent) -> None:
+    for row in rows:
+        if row[_ACCEPTED]:
+            key = (row[_AGENCY], row[_PROGRAMME], row[_FUNDING])
+            spent[key] = spent.get(key, 0) + row[_AMOUNT]
+
+
+def _project_money(cur: psycopg.Cursor, ledger_topic: str, trail: _MoneyOfBatch | None, state_records: Sequence[Record],
+                   stats: BatchStats) -> None:
+    """The batch's budget records, the reversal decisions in its changelog records, the legs of
+    reversals that can now be posted, and the balances all of them change."""
+    deltas: dict[str, int] = {}
+    if trail is not None:
+        for (agency, programme, line), amount in trail.spent.items():
+            _add_legs(deltas, money.disbursement_legs(agency, programme, line, "", amount))
+        if trail.budget:
+            _project_budget(cur, trail.budget, deltas, stats)
+    if state_records:
+        _project_reversal_decisions(cur, ledger_topic, state_records, stats)
+    _post_applied_reversals(cur, deltas, stats)
+    if deltas:
+        _add_balances(cur, deltas)
+
+
+def _add_legs(deltas: dict[str, int], legs: Iterable[money.Leg]) -> None:
+    """Recipient legs are left out: a recipient's balance is its person_totals."""
+    for account, amount in legs:
+        if money.account_kind(account) != money.RECIPIENT:
+            deltas[account] = deltas.get(account, 0) + amount
+
+
+_POSTINGS_INSERT = ("INSERT INTO ledger.postings (event_id, leg, account, amount_idr, at, record_type, topic, partition,"
+                    " \"offset\") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
+
+
+def _project_budget(cur: psycopg.Cursor, records: Sequence[Record], deltas: dict[str, int], stats: BatchStats) -> None:
+    """Allocations and releases: archived keyed by event id, the first version under a key
+    accepted (a later one with other content kept as not accepted, with the core's named
+    outcome), and the accepted ones posted. Intake refuses other versions already; this is the
+    second line, for a log written some other way."""
+    fresh: dict[str, tuple[Record, object]] = {}
+    for r in records:
+        [item] = codec.decode_ledger_values([r.value])
+        if isinstance(item, codec.CodecError):
+            stats.events_undecodable += 1  # the worker dead-letters nothing of these: count it here
+            continue
+        fresh.setdefault(item.event_id, (r, item))
+    if not fresh:
+        return
+    known = {row[0] for row in cur.execute(
+        "SELECT event_id::text FROM ledger.budget_events WHERE event_id = ANY(%s::uuid[])", (list(fresh),))}
+    todo = [(r, e) for event_id, (r, e) in fresh.items() if event_id not in known]
+    if not todo:
+        return
+    originals = {(system, ref): (record_type, event_id, codec.decode_ledger_values([bytes(value)])[0].digests())
+                 for system, ref, record_type, event_id, value in cur.execute(
+                     "SELECT b.source_system, b.source_ref, b.record_type, b.event_id::text, b.value"
+                     " FROM unnest(%s::text[], %s::text[]) AS k(s, r)"
+                     " JOIN ledger.budget_events b ON b.accepted AND b.source_system = k.s AND b.source_ref = k.r",
+                     ([e.source_system for _, e in todo], [e.source_ref for _, e in todo]))}
+    rows, legs = [], []
+    for r, e in todo:
+        key = (e.source_system, e.source_ref)
+        kind = record_type_of(e)
+        original = originals.get(key)
+        if original is None:
+            originals[key] = (kind, e.event_id, e.digests())
+            accepted, outcome = True, outcomes.ACCEPTED
+            for i, (account, amount) in enumerate(money.legs_of(e)):
+                legs.append((e.event_id, i, account, amount, _ts(e.recorded_at_us), kind, r.topic, r.partition, r.offset))
+            _add_legs(deltas, money.legs_of(e))
+        else:
+            accepted, outcome = False, key_outcome(original[0], original[1], original[2], e)
+        allocation = isinstance(e, BudgetAllocation)
+        at_us, offset_min = ((e.allocated_at_us, e.allocated_at_offset_min) if allocation
+                             else (e.released_at_us, e.released_at_offset_min))
+        rows.append((e.event_id, kind, e.source_system, e.source_ref, e.source_type, e.funding_account, e.agency_code,
+                     e.programme_code if allocation else None, e.fiscal_year if allocation else None, e.amount_idr,
+                     _ts(at_us), offset_min, _ts(e.recorded_at_us), accepted, outcome, r.topic, r.partition, r.offset,
+                     r.value))
+    cur.executemany(
+        "INSERT INTO ledger.budget_events (event_id, record_type, source_system, source_ref, source_type,"
+        " funding_account, agency_code, programme_code, fiscal_year, amount_idr, effective_at, effective_at_offset_min,"
+        " recorded_at, accepted, outcome, topic, partition, \"offset\", value)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    if legs:
+        cur.executemany(_POSTINGS_INSERT, legs)
+    stats.budget_events += len(rows)
+
+
+def _project_reversal_decisions(cur: psycopg.Cursor, ledger_topic: str, records: Sequence[Record],
+                                stats: BatchStats) -> None:
+    """Follow the person stage's changelog, in its order per partition: a reversal among a
+    record's values was taken into the stream's state (`pending`); one the record names applied
+    took effect (`applied`, never undone); an entry it removes left the state (`removed`, unless
+    it was applied). A reversal taken in again after it was removed (a replayed dead letter) is
+    pending again. Reading the state's own changelog is what keeps the projection equal to the
+    stream: the wait for an original is timed by the worker's clock, so no rule over the log
+    alone could say which reversals the stream applied."""
+    decoder = codec.codec(codec.STATE_DELTA)
+    steps: list[tuple[str, object]] = []  # ("take", row) | ("apply", event id) | ("remove", (token, key))
+    for r in records:
+        try:
+            delta = decoder.decode(r.value)
+        except codec.CodecError:
+            stats.changelog_undecodable += 1  # only the worker writes here: a bug, made visible
+            continue
+        partition = delta["source_partition"]
+        offsets = delta["offsets"] or [-1] * len(delta["events"])
+        for value, offset in zip(delta["events"], offsets):
+            if codec.kind_of(value) == codec.REVERSAL:
+                v = codec.decode_reversal(value)
+                steps.append(("take", (v.event_id, v.source_system, v.source_ref, v.original_source_system,
+                                       v.original_source_ref, v.agency_code, v.person_token, v.identity_kind, v.amount_idr,
+                                       v.reason, _ts(v.reversed_at_us), v.reversed_at_offset_min,
+                                       _ts(v.recorded_at_us), ledger_topic, partition, offset, value)))
+        for raw_id in delta["applied"]:
+            steps.append(("apply", event_id_text(raw_id)))
+        for entry in delta["removed"]:
+            steps.append(("remove", (entry[:16].hex(), int.from_bytes(entry[16:24], "big"))))
+    if not steps:
+        return
+    ids = [s[1][0] for s in steps if s[0] == "take"] + [s[1] for s in steps if s[0] == "apply"]
+    tokens = list({s[1][0] for s in steps if s[0] == "remove"})
+    status: dict[str, str] = {}  # event id -> status, as stored and then as the steps change it
+    keys: dict[tuple[str, int], str] = {}  # (person token, idempotency key) -> event id
+    for event_id, state, token, system, ref in cur.execute(
+            "SELECT event_id::text, status, person_token, source_system, source_ref FROM ledger.reversals"
+            " WHERE event_id = ANY(%s::uuid[]) OR person_token = ANY(%s::text[])", (ids, tokens)):
+        status[event_id] = state
+        keys[(token, idem_key(system, ref))] = event_id
+    stored = dict(status)
+    new_rows: dict[str, tuple] = {}
+    for step, item in steps:
+        if step == "take":
+            event_id = item[0]
+            if event_id not in status:
+                new_rows[event_id] = item
+                keys[(item[6], idem_key(item[1], item[2]))] = event_id
+            if status.get(event_id) in (None, "removed"):
+                status[event_id] = "pending"
+        elif step == "apply":
+            if item in status:
+                status[item] = "applied"
+            else:  # the worker names only reversals its changelog holds: a bug, made visible
+                log.error("the changelog names reversal %s applied, but never took it in", item)
+        else:
+            event_id = keys.get(item)
+            if event_id is not None and status.get(event_id) == "pending":
+                status[event_id] = "removed"
+    if new_rows:
+        cur.executemany(
+            "INSERT INTO ledger.reversals (event_id, source_system, source_ref, original_source_system,"
+            " original_source_ref, agency_code, person_token, identity_kind, amount_idr, reason, reversed_at,"
+            " reversed_at_offset_min, recorded_at, topic, partition, \"offset\", value, status)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(*row, status[event_id]) for event_id, row in new_rows.items()])
+    changed = [(state, event_id) for event_id, state in status.items()
+               if event_id not in new_rows and stored.get(event_id) != state]
+    if changed:
+        cur.executemany("UPDATE ledger.reversals SET status = %s WHERE event_id = %s", changed)
+    stats.reversals += len(new_rows) + len(changed)
+
+
+def _post_applied_reversals(cur: psycopg.Cursor, deltas: dict[str, int], stats: BatchStats) -> None:
+    """Applied reversals whose original is archived: their legs (the original's, negated, for the
+    amount taken back), the original's person totals made net, and `applied_at`, the later of
+    the two intake times. One whose original the projector has not archived yet waits for it:
+    the ledger partition can be behind the changelog's."""
+    ready = cur.execute(
+        "SELECT r.event_id::text, r.amount_idr, greatest(r.recorded_at, o.recorded_at), r.topic, r.partition,"
+        " r.\"offset\", o.value FROM ledger.reversals r JOIN ledger.events o ON o.accepted"
+        " AND o.source_system = r.original_source_system AND o.source_ref = r.original_source_ref"
+        " AND o.person_token = r.person_token"
+        " WHERE r.status = 'applied' AND r.applied_at IS NULL ORDER BY r.recorded_at, r.event_id").fetchall()
+    if not ready:
+        return
+    legs, net, done = [], [], []
+    for event_id, amount, at, topic, partition, offset, value in ready:
+        original = codec.decode_disbursement(bytes(value))
+        reversal_legs = money.reversal_legs(original, amount)
+        legs += [(event_id, i, account, leg, at, "reversal", topic, partition, offset)
+                 for i, (account, leg) in enumerate(reversal_legs)]
+        _add_legs(deltas, reversal_legs)
+        net.append((amount, original.person_token, original.programme_code, original.period))
+        done.append((at, original.event_id, event_id))
+    cur.executemany(_POSTINGS_INSERT, legs)
+    cur.executemany("UPDATE ledger.person_totals SET amount_idr_total = amount_idr_total - %s"
+                    " WHERE person_token = %s AND programme_code = %s AND period = %s", net)
+    cur.executemany("UPDATE ledger.reversals SET applied_at = %s, original_event_id = %s WHERE event_id = %s", done)
+    stats.reversals_posted += len(ready)
+
+
+def _add_balances(cur: psycopg.Cursor, deltas: dict[str, int]) -> None:
+    accounts = sorted(deltas)
+    cur.execute(
+        "INSERT INTO ledger.balances (account, balance_idr) SELECT * FROM unnest(%s::text[], %s::int8[])"
+        " ON CONFLICT (account) DO UPDATE SET balance_idr = ledger.balances.balance_idr + excluded.balance_idr",
+        (accounts, [deltas[a] for a in accounts]))

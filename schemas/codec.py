@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import fastavro
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 
-from aidcore.intake import Disbursement, Reversal
+from aidcore.intake import BudgetAllocation, Disbursement, Reversal, TreasuryRelease
 from aidcore.ledger import Alert, AlertLine, Posting
 
 MARKER = b"\xc3\x01"
@@ -33,8 +33,11 @@ STATE_DELTA = "aidledger.state.AcceptedEvents"
 REVERSAL = "aidledger.ledger.ReversalRecorded"
 RULEBOOK = "aidledger.ledger.RulebookActivated"
 POSTINGS = "aidledger.household.HouseholdPostings"
-RECORD_NAMES = (DISBURSEMENT, ALERT, STATE_DELTA, REVERSAL, RULEBOOK, POSTINGS)
-LEDGER_RECORDS = (DISBURSEMENT, REVERSAL, RULEBOOK)  # what the ledger topic carries
+ALLOCATION = "aidledger.ledger.BudgetAllocated"
+RELEASE = "aidledger.ledger.TreasuryReleased"
+RECORD_NAMES = (DISBURSEMENT, ALERT, STATE_DELTA, REVERSAL, RULEBOOK, POSTINGS, ALLOCATION, RELEASE)
+LEDGER_RECORDS = (DISBURSEMENT, REVERSAL, RULEBOOK, ALLOCATION, RELEASE)  # what the ledger topic carries
+BUDGET_RECORDS = (ALLOCATION, RELEASE)  # the budget side: keyed by funding account, decided by no stream
 
 
 class CodecError(ValueError):
@@ -227,7 +230,20 @@ def encode_rulebook(a: RulebookActivation) -> bytes:
                                    "activated_at_us": a.activated_at_us, "activated_by": a.activated_by})
 
 
-LedgerRecord = Disbursement | Reversal | RulebookActivation
+_ALLOCATION_FIELDS = tuple(BudgetAllocation.__dataclass_fields__)
+_RELEASE_FIELDS = tuple(TreasuryRelease.__dataclass_fields__)
+assert tuple(f["name"] for f in codec(ALLOCATION).schema["fields"]) == _ALLOCATION_FIELDS
+assert tuple(f["name"] for f in codec(RELEASE).schema["fields"]) == _RELEASE_FIELDS
+
+
+def encode_budget(record: BudgetAllocation | TreasuryRelease) -> bytes:
+    """An allocation or a release, each in its own record."""
+    if isinstance(record, BudgetAllocation):
+        return codec(ALLOCATION).encode({f: getattr(record, f) for f in _ALLOCATION_FIELDS})
+    return codec(RELEASE).encode({f: getattr(record, f) for f in _RELEASE_FIELDS})
+
+
+LedgerRecord = Disbursement | Reversal | RulebookActivation | BudgetAllocation | TreasuryRelease
 
 
 @lru_cache(maxsize=1)
@@ -247,7 +263,7 @@ def kind_of(data: bytes | None) -> str | None:
 
 
 def decode_ledger_values(values: Iterable[bytes | None]) -> list[LedgerRecord | CodecError]:
-    """Batch decode of the ledger topic's three record kinds; a bad value becomes its CodecError."""
+    """Batch decode of the ledger topic's record kinds; a bad value becomes its CodecError."""
     kinds = _ledger_kinds()
     disbursement = codec(DISBURSEMENT).decode
     out: list[LedgerRecord | CodecError] = []
@@ -259,8 +275,12 @@ def decode_ledger_values(values: Iterable[bytes | None]) -> list[LedgerRecord | 
                 append(Disbursement(*disbursement(value).values()))
             elif kind == REVERSAL:
                 append(Reversal(*codec(REVERSAL).decode(value).values()))
-            else:
+            elif kind == RULEBOOK:
                 append(RulebookActivation(**codec(RULEBOOK).decode(value)))
+            elif kind == ALLOCATION:
+                append(BudgetAllocation(*codec(ALLOCATION).decode(value).values()))
+            else:
+                append(TreasuryRelease(*codec(RELEASE).decode(value).values()))
         except CodecError as err:
             append(err)
     return out

@@ -31,9 +31,11 @@ def declared_topics(stack: StackSettings) -> dict[str, TopicSpec]:
     names = topic_names(stack)
     n = stack.partitions
     specs = [
-        TopicSpec("ledger", names["ledger"], n, "person_token (utf-8)", DISBURSEMENT,
-                  "every accepted disbursement and reversal, keyed by the recipient's token, and the rulebook"
-                  " activations (on every partition)"),
+        TopicSpec("ledger", names["ledger"], n, "person_token, or funding_account for budget records (utf-8)",
+                  DISBURSEMENT,
+                  "every accepted disbursement and reversal, keyed by the recipient's token; the rulebook"
+                  " activations (on every partition); budget allocations and treasury releases, keyed by"
+                  " funding account"),
         TopicSpec("alerts", names["alerts"], n, "subject_token (utf-8)", ALERT,
                   "cases raised or updated by the rules"),
         TopicSpec("deadletter", names["deadletter"], n, "original key", None,

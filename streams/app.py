@@ -20,7 +20,7 @@ import faust
 
 from aidcore import outcomes
 from aidcore.household import decide_household_batch, slot_of
-from aidcore.intake import Disbursement
+from aidcore.intake import BudgetAllocation, Disbursement, TreasuryRelease
 from aidcore.ledger import decide_batch, idem_key, pending_reversals
 from aidcore.rulebook import Rulebook, RulebookError, default_rulebook, parse_rulebook
 from aidcore.reference import Reference, default_reference
@@ -213,6 +213,7 @@ class LedgerProcessor:
         accepted_values: list[bytes] = []
         offsets: list[int] = []
         removed: list[bytes] = []
+        applied: list[bytes] = []
         changed: dict = {}
         run: list = []
         run_records: list = []
@@ -221,17 +222,21 @@ class LedgerProcessor:
                 step.sends.append(await self._dead_letter(record, item.code, str(item)))
                 step.outcome_counts[item.code] += 1
             elif isinstance(item, codec.RulebookActivation):
-                await self._decide_run(partition, run, run_records, accepted_values, offsets, removed, changed, step)
+                await self._decide_run(partition, run, run_records, accepted_values, offsets, removed, applied, changed,
+                                       step)
                 run, run_records = [], []
                 await self._activate(partition, record, item, accepted_values, step)
                 offsets.append(record.offset)
+            elif isinstance(item, (BudgetAllocation, TreasuryRelease)):
+                # the budget side concerns no person: nothing here decides it, the projection posts it
+                step.outcome_counts[outcomes.PASSED_BY] += 1
             else:
                 run.append(item)
                 run_records.append(record)
-        await self._decide_run(partition, run, run_records, accepted_values, offsets, removed, changed, step)
-        if accepted_values or removed:
-            step.deltas.append((partition, delta_records(partition, offset_end, accepted_values, offsets, removed),
-                                changed))
+        await self._decide_run(partition, run, run_records, accepted_values, offsets, removed, applied, changed, step)
+        if accepted_values or removed or applied:
+            step.deltas.append((partition, delta_records(partition, offset_end, accepted_values, offsets, removed,
+                                                         applied), changed))
 
     async def _activate(self, partition: int, record, activation: "codec.RulebookActivation", accepted_values: list,
                         step: "_Step") -> None:
@@ -253,7 +258,7 @@ class LedgerProcessor:
         log.info("rulebook %s in force on ledger partition %d", book.version, partition)
 
     async def _decide_run(self, partition: int, events: list, records: list, accepted_values: list, offsets: list,
-                          removed: list, changed: dict, step: "_Step") -> None:
+                          removed: list, applied: list, changed: dict, step: "_Step") -> None:
         if not events:
             return
         book = self.rulebook(partition)
@@ -261,6 +266,7 @@ class LedgerProcessor:
         people.update(changed)
         result = decide_batch(people, events, rulebook=book, reference=self.reference, now_us=step.now_us)
         changed.update(result.changed)
+        applied.extend(result.applied)
         waiting = self.state.pending.setdefault(partition, {})
         for i, (record, event, outcome) in enumerate(zip(records, events, result.outcomes)):
             step.outcome_counts[outcome] += 1

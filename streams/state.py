@@ -386,10 +386,11 @@ DELTA_MAX_BYTES = 512 * 1024  # well under the 1 MiB default message size of bro
 
 
 def delta_records(partition: int, offset_end: int, accepted: list[bytes], offsets: list[int] | None = None,
-                  removed: list[bytes] = ()) -> list[dict]:
+                  removed: list[bytes] = (), applied: list[bytes] = ()) -> list[dict]:
     """AcceptedEvents changelog records holding the ledger values a batch accepted on a partition
-    (with their ledger offsets) and the entries it removed, split so that no record comes near a
-    broker's message-size limit."""
+    (with their ledger offsets), the entries it removed and the reversals that took effect, split
+    so that no record comes near a broker's message-size limit. Removed and applied entries go in
+    the last record, after every value they could name."""
     offsets = offsets if offsets is not None else [-1] * len(accepted)
     records, chunk, where, size = [], [], [], 0
     for value, offset in zip(accepted, offsets):
@@ -399,12 +400,14 @@ def delta_records(partition: int, offset_end: int, accepted: list[bytes], offset
         chunk.append(value)
         where.append(offset)
         size += len(value) + 12
-    if chunk or removed:
+    if chunk or removed or applied:
         records.append((chunk, where))
-    out = [{"source_partition": partition, "source_offset_end": offset_end, "events": c, "offsets": w, "removed": []}
-           for c, w in records]
+    out = [{"source_partition": partition, "source_offset_end": offset_end, "events": c, "offsets": w, "removed": [],
+            "applied": []} for c, w in records]
     if removed:
         out[-1]["removed"] = list(removed)
+    if applied:
+        out[-1]["applied"] = list(applied)
     return out
 
 

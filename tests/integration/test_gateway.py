@@ -190,6 +190,43 @@ def test_a_reversal_is_recorded_and_its_retry_is_idempotent(base, key):
     assert foreign.status == 403 and foreign.body["field"] == "original_source_system"
 
 
+def test_budget_records_of_the_agencys_own_money_are_recorded_and_read_back(base, key):
+    allocation = {"source_system": "SIKS-LPG", "source_ref": "DPA-2026-PKH", "source_type": "APBD_PROV",
+                  "funding_account": "APBD-2026-DINSOS-PKH", "agency_code": "DINSOS-LPG", "programme_code": "PKH",
+                  "fiscal_year": 2026, "amount_idr": 9_000_000_000, "allocated_at": "2026-01-05T09:00:00+07:00"}
+    first = call(base, "POST", "/v1/allocations", allocation, key=key)
+    assert first.status == 202, first.body
+    assert call(base, "POST", "/v1/allocations", allocation, key=key).body == {**first.body, "redelivered": True}
+    changed = call(base, "POST", "/v1/allocations", {**allocation, "amount_idr": 9_500_000_000}, key=key)
+    assert changed.status == 409 and changed.body["code"] == "exists_with_different_amount_idr"
+    foreign = call(base, "POST", "/v1/allocations", {**allocation, "source_ref": "DPA-X", "programme_code": "PIP"},
+                   key=key)
+    assert foreign.status == 403 and foreign.body["field"] == "programme_code"
+    release = {"record_type": "release", "source_system": "SIKS-LPG", "source_ref": "SP2D-2026-0001",
+               "source_type": "APBD_PROV", "funding_account": "APBD-2026-DINSOS-PKH", "agency_code": "DINSOS-LPG",
+               "amount_idr": 4_000_000_000, "released_at": "2026-02-02T10:00:00+07:00"}
+    assert call(base, "POST", "/v1/batches", batch([release]), key=key).status == 202
+    assert call(base, "POST", "/v1/releases", {**release, "source_ref": "SP2D-2026-0002"}, key=key).status == 202
+    paid = record(source_ref="PKH-2026-04-000105", funding_account="APBD-2026-DINSOS-PKH")
+    assert call(base, "POST", "/v1/disbursements", paid, key=key).status == 202
+    taken_back = reversal(source_ref="REV-2026-04-000105", original_source_ref="PKH-2026-04-000105")
+    assert call(base, "POST", "/v1/reversals", taken_back, key=key).status == 202
+
+    def read(path):
+        def projected():
+            answer = call(base, "GET", path, key=key)
+            return answer.body if answer.status == 200 and answer.body["projected"] else None
+        return wait_until(projected, 120, f"{path} to be projected")
+
+    got = read("/v1/disbursements/SIKS-LPG/DPA-2026-PKH")
+    assert (got["record_type"], got["accepted"], got["outcome"], got["fiscal_year"]) == ("allocation", True,
+                                                                                         "accepted", 2026)
+    assert "person_token" not in got
+    assert read("/v1/disbursements/SIKS-LPG/SP2D-2026-0001")["record_type"] == "release"
+    got = read("/v1/disbursements/SIKS-LPG/REV-2026-04-000105")
+    assert (got["record_type"], got["accepted"], got["outcome"]) == ("reversal", True, "accepted")
+
+
 def _records(prefix: str, n: int) -> list[dict]:
     return [record(source_ref=f"{prefix}-{i:04d}", nik=nik(i + 1), amount_idr=100_000 + i) for i in range(n)]
 

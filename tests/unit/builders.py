@@ -253,7 +253,7 @@ def state_delta_record(events: Sequence[Disbursement] = (), *, partition: int = 
     result = decide(events)
     accepted = [codec.encode_disbursement(e) for e, outcome in zip(events, result.outcomes) if outcome == "accepted"]
     return {"source_partition": partition, "source_offset_end": offset_end, "events": accepted, "offsets": [],
-            "removed": []}
+            "removed": [], "applied": []}
 
 
 
@@ -420,3 +420,87 @@ def settled_streams(draw, max_payments: int = 10):
         if reordered:
             reordered.insert(draw(st.integers(0, len(reordered))), draw(st.sampled_from(reordered)))
     return canonical, reordered
+
+
+REVERSAL_AMOUNTS = (100_000, 200_000, 750_000, 1_500_000, 2_000_001)
+
+
+@st.composite
+def mixed_streams(draw):
+    """Payments and reversals in any order: reversals of earlier or later payments, of reversals,
+    of payments that never come, and of more than is left; with exact redeliveries."""
+    payments = [stream_payment(n, *spec) for n, spec in enumerate(draw(st.lists(payment_specs, max_size=12)))]
+    reversals = []
+    for n in range(draw(st.integers(0, 10))):
+        target = draw(st.sampled_from(["payment", "reversal", "unknown"]))
+        amount = draw(st.sampled_from(REVERSAL_AMOUNTS))
+        if target == "payment" and payments:
+            original = draw(st.sampled_from(payments))
+            reversals.append(stream_reversal(n, member_of(original), original.source_ref, amount))
+        elif target == "reversal" and reversals:
+            original = draw(st.sampled_from(reversals))
+            reversals.append(stream_reversal(n, member_of(original), original.source_ref, amount))
+        else:
+            reversals.append(stream_reversal(n, draw(st.integers(0, len(STREAM_MEMBERS) - 1)), f"P-NEVER-{n}", amount))
+    events = draw(st.permutations(payments + reversals))
+    for _ in range(draw(st.integers(0, 4))):
+        if events:
+            events.insert(draw(st.integers(0, len(events))), draw(st.sampled_from(events)))
+    return events
+
+
+# --- the budget side ------------------------------------------------------------------------------
+
+
+def raw_allocation(**overrides: Any) -> dict:
+    """A valid allocation: the budget line of the default payment gives KEMENSOS money for PKH."""
+    record: dict[str, Any] = {
+        "record_type": "allocation",
+        "source_system": "SIPD-RI",
+        "source_ref": "DIPA-2026-PKH-001",
+        "source_type": "APBN",
+        "funding_account": "APBN-2026-KEMENSOS-PKH",
+        "agency_code": "KEMENSOS",
+        "programme_code": "PKH",
+        "fiscal_year": 2026,
+        "amount_idr": 5_000_000_000,
+        "allocated_at": "2026-01-05T09:00:00+07:00",
+    }
+    for name, value in overrides.items():
+        if value is DROP:
+            record.pop(name, None)
+        else:
+            record[name] = value
+    return record
+
+
+def raw_release(**overrides: Any) -> dict:
+    """A valid release: the APBN treasury sends KEMENSOS cash against the default budget line."""
+    record: dict[str, Any] = {
+        "record_type": "release",
+        "source_system": "SPAN",
+        "source_ref": "SP2D-2026-000001",
+        "source_type": "APBN",
+        "funding_account": "APBN-2026-KEMENSOS-PKH",
+        "agency_code": "KEMENSOS",
+        "amount_idr": 2_000_000_000,
+        "released_at": "2026-02-02T10:00:00+07:00",
+    }
+    for name, value in overrides.items():
+        if value is DROP:
+            record.pop(name, None)
+        else:
+            record[name] = value
+    return record
+
+
+def allocation(*, now_us: int = NOW_US, **overrides: Any) -> intake.BudgetAllocation:
+    outcome = intake.validate_any(raw_allocation(**overrides), reference=reference(), token_key=TOKEN_KEY, now_us=now_us)
+    assert isinstance(outcome, intake.AcceptedBudget), f"builder allocation was rejected: {outcome}"
+    return outcome.record  # type: ignore[return-value]
+
+
+def release(*, now_us: int = NOW_US, **overrides: Any) -> intake.TreasuryRelease:
+    outcome = intake.validate_any(raw_release(**overrides), reference=reference(), token_key=TOKEN_KEY, now_us=now_us)
+    assert isinstance(outcome, intake.AcceptedBudget), f"builder release was rejected: {outcome}"
+    return outcome.record  # type: ignore[return-value]

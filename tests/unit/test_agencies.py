@@ -51,6 +51,17 @@ def test_an_agency_reverses_only_payments_under_its_source_systems():
     assert scope_problem(AGENCY, reversal(original_source_system="OTHER"))[0] == "original_source_system"
 
 
+def test_an_agency_reports_the_budget_records_of_its_own_money_only():
+    from builders import allocation, release
+
+    own = dict(source_system="SIKS-NG", agency_code=AGENCY.code)
+    assert scope_problem(AGENCY, allocation(**own)) is None
+    assert scope_problem(AGENCY, release(**own)) is None
+    assert scope_problem(AGENCY, allocation(**own, programme_code="PIP"))[0] == "programme_code"
+    assert scope_problem(AGENCY, release(source_system="SIKS-NG", agency_code="DINSOS"))[0] == "agency_code"
+    assert scope_problem(AGENCY, release(agency_code=AGENCY.code, source_system="SPAN"))[0] == "source_system"
+
+
 def test_an_agency_reads_only_under_its_source_systems_and_code():
     assert may_read(AGENCY, "SIKS-NG", "KEMENSOS")
     assert not may_read(AGENCY, "SIKS-NG", "DINSOS")

@@ -12,11 +12,13 @@ from fastavro.schema import to_parsing_canonical_form
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aidcore.intake import Reversal
+from aidcore.intake import BudgetAllocation, Reversal, TreasuryRelease
 from schemas import codec
 from schemas.codec import ALERT, DISBURSEMENT, RECORD_NAMES, STATE_DELTA, CodecError
 from builders import (
     NOW_US,
+    allocation,
+    release,
     decide,
     reversal,
     disbursement,
@@ -44,6 +46,10 @@ def sample_record(name: str) -> dict:
     if name == codec.RULEBOOK:
         return {"version": "2026-11-01", "digest": "0" * 64, "text": 'version = "2026-11-01"\n',
                 "activated_at_us": NOW_US, "activated_by": "pmo"}
+    if name == codec.ALLOCATION:
+        return {f: getattr(allocation(), f) for f in BudgetAllocation.__dataclass_fields__}
+    if name == codec.RELEASE:
+        return {f: getattr(release(), f) for f in TreasuryRelease.__dataclass_fields__}
     if name == codec.POSTINGS:
         result = decide([disbursement(), disbursement(source_ref="R-2")])
         return codec.codec(codec.POSTINGS).decode(codec.encode_postings("builtin-1", result.postings))
@@ -111,6 +117,26 @@ def test_state_delta_round_trip():
     record = state_delta_record()
     c = codec.codec(STATE_DELTA)
     assert c.decode(c.encode(record)) == record
+    record["applied"] = [bytes(range(16)), bytes(16)]
+    assert c.decode(c.encode(record)) == record
+
+
+@pytest.mark.parametrize("build", [allocation, release], ids=["allocation", "release"])
+def test_budget_records_round_trip_and_are_told_apart_on_the_ledger(build):
+    record = build()
+    data = codec.encode_budget(record)
+    assert codec.kind_of(data) == (codec.ALLOCATION if isinstance(record, BudgetAllocation) else codec.RELEASE)
+    [decoded] = codec.decode_ledger_values([data])
+    assert decoded == record
+
+
+def test_the_ledger_decoder_reads_every_kind_in_one_batch():
+    kinds = [disbursement(), reversal(), allocation(), release()]
+    values = [codec.encode_disbursement(kinds[0]), codec.encode_reversal(kinds[1]), codec.encode_budget(kinds[2]),
+              codec.encode_budget(kinds[3]), b"garbage"]
+    decoded = codec.decode_ledger_values(values)
+    assert decoded[:4] == kinds
+    assert isinstance(decoded[4], CodecError)
 
 
 # --- header and fingerprints ---------------------------------------------------------------------

@@ -23,20 +23,16 @@ from builders import (
     NOW_US,
     REGENCY_NAME,
     REGION_CODE,
-    STREAM_MEMBERS,
     apply,
     decide,
     decide_stream,
     disbursement,
     keep_latest,
-    member_of,
+    mixed_streams,
     open_cases,
-    payment_specs,
     reversal,
     settled_streams,
     shipped_rulebook,
-    stream_payment,
-    stream_reversal,
 )
 
 ACCEPTED = outcomes.ACCEPTED
@@ -349,34 +345,37 @@ def test_a_payment_after_its_waiting_reversal_posts_its_net_amount_and_the_rever
     assert (posting.amount_idr, posting.original_event_id, posting.household) == (500_000, b"", disbursement().kk_token)
 
 
+# --- which reversals took effect (what the projection posts) ------------------------------------
+
+
+def test_a_reversal_that_applies_on_arrival_is_reported_applied():
+    r = reversal(amount_idr=250_000)
+    _, result = person_state([disbursement()], [r])
+    assert result.applied == [event_id_bytes(r.event_id)]
+
+
+def test_a_waiting_reversal_is_reported_applied_in_the_batch_its_original_arrives_in():
+    r = reversal(amount_idr=250_000)
+    _, first = person_state([r])
+    assert first.outcomes == [PENDING] and first.applied == []
+    _, second = person_state([r], [disbursement()])
+    assert second.applied == [event_id_bytes(r.event_id)]
+
+
+def test_refused_dropped_and_redelivered_reversals_are_not_reported_applied():
+    too_much = reversal(source_ref="V-BIG", amount_idr=800_000)
+    _, refused = person_state([disbursement()], [too_much])
+    assert refused.outcomes == ["reversal_exceeds_original"] and refused.applied == []
+    _, dropped = person_state([too_much], [disbursement()])
+    assert dropped.dropped and dropped.applied == []
+    r = reversal(amount_idr=100_000)
+    _, again = person_state([disbursement(), r], [r])
+    assert again.outcomes == [EXISTS] and again.applied == []
+
+
 # --- properties ----------------------------------------------------------------------------------
 
 PROPERTY = settings(database=None, max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-REVERSAL_AMOUNTS = (100_000, 200_000, 750_000, 1_500_000, 2_000_001)
-
-
-@st.composite
-def mixed_streams(draw):
-    """Payments and reversals in any order: reversals of earlier or later payments, of reversals,
-    of payments that never come, and of more than is left; with exact redeliveries."""
-    payments = [stream_payment(n, *spec) for n, spec in enumerate(draw(st.lists(payment_specs, max_size=12)))]
-    reversals = []
-    for n in range(draw(st.integers(0, 10))):
-        target = draw(st.sampled_from(["payment", "reversal", "unknown"]))
-        amount = draw(st.sampled_from(REVERSAL_AMOUNTS))
-        if target == "payment" and payments:
-            original = draw(st.sampled_from(payments))
-            reversals.append(stream_reversal(n, member_of(original), original.source_ref, amount))
-        elif target == "reversal" and reversals:
-            original = draw(st.sampled_from(reversals))
-            reversals.append(stream_reversal(n, member_of(original), original.source_ref, amount))
-        else:
-            reversals.append(stream_reversal(n, draw(st.integers(0, len(STREAM_MEMBERS) - 1)), f"P-NEVER-{n}", amount))
-    events = draw(st.permutations(payments + reversals))
-    for _ in range(draw(st.integers(0, 4))):
-        if events:
-            events.insert(draw(st.integers(0, len(events))), draw(st.sampled_from(events)))
-    return events
 
 
 def _drop_waiting_for(seen, waiting, key) -> None:
@@ -482,3 +481,24 @@ def test_any_order_and_any_redelivery_settle_to_the_same_state_and_open_cases(da
     for alert in latest_b.values():
         assert (alert.rulebook_version, alert.subject_kind) == (book.version, "PERSON")
         assert alert.rule_id in (RULE_DUPLICATE_PERSON, rb.STACKING_PERSON)
+
+
+@PROPERTY
+@given(st.data())
+def test_the_reversals_reported_applied_are_exactly_those_the_state_applies(data):
+    """Over any stream cut into any batches, each reversal is reported applied at most once, and
+    the reported ones are the reversals the final state holds next to their original: what the
+    state's totals take off."""
+    events = data.draw(mixed_streams())
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=3)))
+    states: dict = {}
+    reported: list[bytes] = []
+    for a, b in zip([0, *cuts], [*cuts, len(events)]):
+        result = decide(events[a:b], states)
+        states = apply(states, result)
+        reported += result.applied
+    assert len(reported) == len(set(reported))
+    in_effect = {p.event_id for state in states.values() for p in state.values()
+                 if p.is_reversal and p.original_key in state}
+    assert set(reported) == in_effect
+

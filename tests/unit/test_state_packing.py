@@ -199,3 +199,18 @@ def a_reference():
     from aidcore.reference import default_reference
 
     return default_reference()
+
+
+def test_a_split_delta_carries_removed_and_applied_entries_in_its_last_record():
+    values = [bytes([i]) * (st.DELTA_MAX_BYTES // 3) for i in range(5)]
+    applied = [bytes(range(16))]
+    records = st.delta_records(2, 99, values, list(range(5)), [b"r" * 24], applied)
+    assert len(records) > 1
+    assert [v for r in records for v in r["events"]] == values
+    assert all(r["applied"] == [] and r["removed"] == [] for r in records[:-1])
+    assert (records[-1]["applied"], records[-1]["removed"]) == (applied, [b"r" * 24])
+
+
+def test_a_delta_of_only_applied_reversals_is_still_written():
+    (record,) = st.delta_records(0, 5, [], [], (), [bytes(16)])
+    assert (record["events"], record["applied"]) == ([], [bytes(16)])
