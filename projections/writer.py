@@ -24,7 +24,7 @@ import psycopg
 from psycopg import postgres, pq
 from psycopg.adapt import Dumper
 
-from aidcore import outcomes
+from aidcore import chain, outcomes
 from aidcore.intake import Disbursement
 from aidcore.ledger import resubmission_outcome
 from schemas import codec
@@ -128,7 +128,9 @@ def write_batch(
     with _cyclic_gc_paused(), conn.transaction():
         with conn.cursor() as cur:
             if ledger_records:
-                _project_events(cur, ledger_records, stats)
+                chaining = _Chaining(cur, {r.partition for r in ledger_records})
+                _project_events(cur, ledger_records, stats, chaining.add_events)
+                chaining.write(cur)
             if alert_records:
                 _project_alerts(cur, alert_records, stats)
             if dead_records:
@@ -164,12 +166,14 @@ Originals = dict[tuple[str, str], tuple[str, bytes]]
 Totals = dict[tuple[str, str, str], list]
 
 
-def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: BatchStats) -> None:
+def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: BatchStats,
+                    archived: Callable[[Sequence[tuple]], None]) -> None:
     """Slice by slice, so that both cores work: decoding is Python's largest cost and the writes
     are PostgreSQL's, and Python decodes the next slice while PostgreSQL works on this one.
     A round has two steps: in pipeline mode PostgreSQL adds the previous slice's totals and
     looks up this slice's events; then this slice is decided and its archive rows go in by
-    COPY, which pipeline mode cannot carry. Half of the next slice decodes during each step."""
+    COPY, which pipeline mode cannot carry. Half of the next slice decodes during each step.
+    `archived` gets each slice's archive rows while PostgreSQL inserts them."""
     conn = cur.connection
     decoding = _Decoding(records, stats)
     decoding.more(_SLICE)
@@ -189,7 +193,7 @@ def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
             fresh = [(r, v) for r, v in decoded if v[_EVENT_ID] not in known]
             rows, totals = _decide_events(fresh, originals, stats)
             stats.events_new += len(rows)
-        _copy_events(conn, rows, meanwhile=lambda: decoding.more(_SLICE // 2))
+        _copy_events(conn, rows, meanwhile=lambda: (archived(rows), decoding.more(_SLICE // 2)))
         decoded = decoding.take()
     if totals:
         _add_totals(cur, totals)
@@ -318,6 +322,54 @@ def _copy_events(conn: psycopg.Connection, rows: Sequence[tuple], meanwhile: Cal
             for row in rows:
                 copy.write_row(row)
             meanwhile()
+
+
+# The archive's hash chain (`aidcore.chain`): a batch's chain rows go in its transaction, so
+# the chain can neither lag nor disagree with the archive, and a replayed batch, which archives
+# nothing, chains nothing. Only these lines of the event path know about it.
+_CHAIN_COPY = ('COPY ledger.chain (partition, position, "offset", event_id, value_sha256, prev_hash, hash)'
+               " FROM STDIN (FORMAT BINARY)")
+_CHAIN_HEADS_SQL = (
+    "SELECT p, c.position, c.hash FROM unnest(%b::int4[]) AS p CROSS JOIN LATERAL"
+    " (SELECT position, hash FROM ledger.chain WHERE partition = p ORDER BY position DESC LIMIT 1) c"
+)
+_PARTITION, _OFFSET = _FIELDS + 1, _FIELDS + 2  # in an archive row
+# binary COPY of one chain row: 7 fields, each length-prefixed
+_CHAIN_ROW = struct.Struct(">h ii iq iq i16s i32s i32s i32s").pack
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+
+
+class _Chaining:
+    """Chains a batch's archived records in the order archived, one slice at a time while
+    PostgreSQL inserts the slice into the archive (hashing is Python's share, and PostgreSQL's
+    COPY leaves Python time to spare), then writes the rows with one COPY."""
+
+    def __init__(self, cur: psycopg.Cursor, partitions: Iterable[int]):
+        self._heads = {p: chain.Head(position, bytes(h))
+                       for p, position, h in cur.execute(_CHAIN_HEADS_SQL, (sorted(partitions),))}
+        self._rows: list[bytes] = []
+
+    def add(self, archived: Iterable[tuple[int, int, str, bytes]]) -> None:
+        """Records just archived, as (partition, offset, event id, value), in the order archived.
+        Another archive table of ledger records chains its rows here too."""
+        fromhex = bytes.fromhex
+        self._rows += [
+            _CHAIN_ROW(7, 4, p, 8, position, 8, offset, 16, fromhex(event_id.replace("-", "")), 32, digest, 32, prev, 32, h)
+            for p, position, offset, event_id, digest, prev, h in chain.extend(self._heads, archived)
+        ]
+
+    def add_events(self, rows: Sequence[tuple]) -> None:
+        """`ledger.events` rows as `_decide_events` makes them."""
+        self.add([(r[_PARTITION], r[_OFFSET], r[_EVENT_ID], r[-1]) for r in rows])
+
+    def write(self, cur: psycopg.Cursor) -> None:
+        if not self._rows:
+            return
+        with cur.copy(_CHAIN_COPY) as copy:
+            copy.write(_COPY_HEADER)
+            copy.write(b"".join(self._rows))
+            copy.write(_COPY_TRAILER)
 
 
 def _add_totals(cur: psycopg.Cursor, totals: Totals) -> None:
