@@ -233,7 +233,7 @@ def diagnose(partition: int, bad: int, trusted: Mapping[int, bytes], window: Seq
                            f"positions {before + 1}..{bad - 1} were never chained: position {bad} (event {r.event_id}) "
                            f"was chained as position {before + 1}, right after {before}")
     # The row chained at `bad` is further on.
-    for j, other in enumerate(window[1:span], start=1):
+    for other in window[1:span]:
         if _holds_at(partition, other, bad, prev):
             moved_from = _self_position(partition, r, bad + 1, bad + span)
             if moved_from is not None:

@@ -4,6 +4,9 @@ no-op: events are keyed by event_id, alerts by alert_id with a revision guard, d
 their source position. Correctness rests on those identities, not on offsets alone, so a log that
 was re-published from offset zero projects to the same rows.
 
+Every record archived for the first time is also hash-chained (`ledger.chain`, one chain per
+ledger partition, `aidcore.chain`) in the same transaction, so the chain never lags the archive.
+
 The idempotency decision for the archive is the core's (`aidcore.ledger.first_difference`): the
 first event under a (source_system, source_ref) is accepted; a later one with other content is
 archived as not accepted, with the named outcome.
