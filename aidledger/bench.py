@@ -6,7 +6,8 @@ Per round:
   projector) until every record is projected; events per second from start of ingest;
 - raw ceiling: plain aiokafka batch consume plus Avro decode of the same ledger topic;
 - latency: a paced phase at a fixed offered rate; p50/p99 from intake of an event to the alert it
-  raised (alert.raised_at - event.recorded_at).
+  raised (alert.raised_at - event.recorded_at);
+- audit verify: every partition's hash chain recomputed from the round's whole archive.
 Medians over the rounds go to the JSON file with the machine and the date.
 """
 
@@ -96,6 +97,18 @@ def projection_write_rate(stack: Stack, topics: dict, limit: int = 200_000, batc
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
 
 
+def audit_verify_rate(database_url: str, partitions: int) -> dict:
+    """`aidledger audit verify` over the round's whole archive: every partition's hash chain
+    recomputed from the archived values, in one snapshot."""
+    from projections.audit import verify
+
+    with psycopg.connect(database_url) as conn:
+        report = verify(conn, partitions=range(partitions))
+    if not report.ok:
+        raise RuntimeError(f"bench: the archive's chain does not verify: {report.findings[:3]}")
+    return {"events": report.events, "seconds": report.seconds, "events_per_s": report.events_per_s}
+
+
 def _worker_ready(stack: Stack, timeout_s: float = 60.0) -> None:
     """Start timing only once the worker owns its partitions: group join is start-up, not
     throughput."""
@@ -156,6 +169,7 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
                             chunk_rows=chunk)
                 stack.wait_caught_up(600, poll_s=0.1)
                 projection = projection_write_rate(stack, topics)
+                audit = audit_verify_rate(stack.database_url, topics["ledger"].partitions)
                 latencies = [r[0] for r in conn.execute(
                     "SELECT latency_ms FROM ledger.alerts WHERE first_raised_at >= %s AND rule_id = %s",
                     (mark, RULE_DUPLICATE_PERSON)).fetchall()]
@@ -169,6 +183,8 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
         "e2e_events_per_s": report.accepted / e2e_s,
         "raw_ceiling_events_per_s": ceiling["events_per_s"],
         "projection_rows_per_s": projection["rows_per_s"],
+        "audit_verify_events": audit["events"],
+        "audit_verify_events_per_s": audit["events_per_s"],
         "paced_offered_per_s": paced_rate,
         "paced_alerts": len(latencies),
         "alert_latency_p50_ms": _percentile(latencies, 0.50),
@@ -194,6 +210,7 @@ TARGETS = {
     "e2e_events_per_s": 10_000,
     "alert_latency_p99_ms": 100,
     "projection_rows_per_s": 50_000,
+    "audit_verify_events_per_s": 100_000,
     "rebuild_seconds_per_million_tokens": 120,
     "state_mib_per_million_tokens": 200,
 }
@@ -235,6 +252,8 @@ def run_bench(args) -> int:
         "alert_latency_p50_ms": e2e_m["alert_latency_p50_ms"],
         "alert_latency_p99_ms": e2e_m["alert_latency_p99_ms"],
         "projection_rows_per_s": e2e_m["projection_rows_per_s"],
+        "audit_verify_events_per_s": e2e_m["audit_verify_events_per_s"],
+        "audit_verify_over_target": e2e_m["audit_verify_events_per_s"] / TARGETS["audit_verify_events_per_s"],
         "rebuild_seconds_per_million_tokens": recovery["rebuild_seconds"] * scale,
         "state_mib_per_million_tokens": recovery["state_mib_per_million_tokens"],
     }

@@ -446,6 +446,11 @@ def _print_record_trail(found: dict) -> None:
 
 
 def cmd_audit(args) -> int:
+    """The audit commands: the money (overspend, balances) and the archive's chain (verify, seal)."""
+    return _audit_chain(args) if args.action in ("verify", "seal") else _audit_money(args)
+
+
+def _audit_money(args) -> int:
     """overspend | balances: the money audit from the projection."""
     import psycopg
 
@@ -521,6 +526,95 @@ def cmd_deadletters(args) -> int:
         print(f"[{d['code']}] {src['topic']}[{src['partition']}]@{src['offset']} {d['stage']}"
               f"{' replayed ' + d['replayed_at'] if d['replayed_at'] else ''}: {d['detail']}")
     return 0
+
+
+def _audit_chain(args) -> int:
+    """verify [--seal FILE ...] [--public-key KEY] [--json] | seal [--out FILE] [--json]."""
+    from datetime import datetime, timezone
+
+    import psycopg
+
+    from infra.stack import StackError, seal_key
+    from projections import audit
+    from schemas.topics import declared_topics
+
+    home = _home(args)
+    _, dsn = resolve_endpoints(home)
+    stack = _stack()
+    ledger = declared_topics(stack)["ledger"]
+    partitions = range(ledger.partitions)
+    with psycopg.connect(dsn) as conn:
+        if args.action == "seal":
+            try:
+                key = seal_key(stack, home, new_key=audit.new_private_key)
+            except StackError as err:
+                print(f"aidledger audit seal: {err}", file=sys.stderr)
+                return 2
+            closed = datetime.now(timezone.utc).replace(microsecond=0)
+            report, doc = audit.seal(conn, private_key=key, ledger_topic=ledger.name, partitions=partitions,
+                                     closed_at=closed.isoformat())
+            if doc is None:
+                _print_audit(report, args.json)
+                print("aidledger audit seal: the chain does not verify; nothing sealed", file=sys.stderr)
+                return 1
+            out = Path(args.out) if args.out else _free_name(home / "seals" / f"seal-{closed:%Y%m%dT%H%M%SZ}.json")
+            audit.write_seal(doc, out)
+            if args.json:
+                _dump({"file": str(out), **doc})
+            else:
+                body = doc["seal"]
+                print(f"sealed {body['events']:,} events in {len(body['heads'])} partitions at {body['closed_at']}")
+                print(f"root {body['root']}")
+                print(f"public key {body['public_key']}")
+                print(f"seal -> {out} (give a copy to the auditor)")
+            return 0
+        public_key = None
+        if args.public_key:
+            text = Path(args.public_key).read_text() if Path(args.public_key).is_file() else args.public_key
+            try:
+                public_key = bytes.fromhex(text.strip())
+            except ValueError:
+                print("aidledger audit verify: --public-key must be hex (or a file holding it)", file=sys.stderr)
+                return 2
+        try:
+            seals = [audit.read_seal(Path(f)) for f in args.seal]
+        except audit.SealError as err:
+            print(f"aidledger audit verify: {err}", file=sys.stderr)
+            return 2
+        report = audit.verify(conn, partitions=partitions, seals=seals, public_key=public_key)
+    _print_audit(report, args.json)
+    return 0 if report.ok else 1
+
+
+def _free_name(path: Path) -> Path:
+    n = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def _print_audit(report, as_json: bool) -> None:
+    if as_json:
+        _dump(report.as_dict())
+        return
+    print(f"{report.events:,} chained events in {len(report.partitions)} partitions checked in "
+          f"{report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)")
+    for p, s in sorted(report.partitions.items()):
+        bad = report.first_bad.get(p)
+        if bad is None:
+            print(f"  partition {p}: {s.length:,} positions hold; head {s.head.hex()[:16]}")
+        else:
+            print(f"  partition {p}: FIRST BAD POSITION {bad.position:,} ({bad.problem}): {bad.detail}")
+    for f in report.findings:
+        if f.partition is None or f.position is None:
+            print(f"  {f.problem}: {f.detail}")
+    for seal in report.seals:
+        state = "signature holds" if seal.problem is None else f"NOT VALID: {seal.problem}"
+        print(f"  seal {seal.name}, closed {seal.body.get('closed_at')}, key {seal.body.get('public_key', '')[:16]}: {state}")
+    print("ok: the archive is as chained" + (" and sealed" if report.seals else "") if report.ok
+          else f"{len(report.findings)} problem(s)")
 
 
 def cmd_status(args) -> int:
@@ -647,12 +741,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--who", help="recorded in the vault access log (default: the OS user)")
     p.add_argument("--why", default="trail", help="recorded in the vault access log")
-    p = add("audit", cmd_audit, "the money audit: who paid beyond the money allocated or released to them"
-                                " (overspend), or every account's balance (balances); both say whether the books reconcile")
-    p.add_argument("action", nargs="?", choices=["overspend", "balances"], default="overspend")
-    p.add_argument("--as-of", metavar="TIMESTAMP", help="as the ledger stood then (ISO 8601 with offset)")
+    p = add("audit", cmd_audit, "the audit: who paid beyond the money allocated or released to them (overspend),"
+                                " every account's balance (balances), both saying whether the books reconcile;"
+                                " verify the archive's hash chain and seals (verify), or seal its heads (seal)")
+    p.add_argument("action", nargs="?", choices=["overspend", "balances", "verify", "seal"], default="overspend")
+    p.add_argument("--as-of", metavar="TIMESTAMP", help="overspend, balances: as the ledger stood then (ISO 8601 with offset)")
     p.add_argument("--all", action="store_true", help="balances: recipients' accounts too")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--seal", action="append", default=[], metavar="FILE",
+                   help="verify: also check against this seal file (repeatable)")
+    p.add_argument("--public-key", help="verify: the seals must be signed by this Ed25519 key (hex, or a file holding it)")
+    p.add_argument("--out", help="seal: where to write the seal (default <home>/seals/seal-<time>.json)")
     p = add("rules", cmd_rules, "the detection rulebook: check a file, show the one in force, its history, "
                                 "activate a new one, or simulate one on history")
     p.add_argument("action", choices=["check", "show", "history", "activate", "simulate"])

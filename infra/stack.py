@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import psycopg
 
@@ -77,6 +77,31 @@ def token_key(stack: StackSettings, home: Path) -> bytes:
         raise StackError("the NIK token key must be hex") from None
     if len(key) < 16:
         raise StackError("the NIK token key must be at least 16 bytes (32 hex characters)")
+    return key
+
+
+def seal_key_path(stack: StackSettings, home: Path) -> Path:
+    return Path(stack.audit_seal_key_file) if stack.audit_seal_key_file else home / "secrets" / "audit-seal.key"
+
+
+def seal_key(stack: StackSettings, home: Path, new_key: Callable[[], bytes] | None = None) -> bytes:
+    """The Ed25519 private key that signs audit seals. When the file is missing and `new_key` is
+    given, a key from it is written there first (mode 600), as the first seal does."""
+    path = seal_key_path(stack, home)
+    if not path.exists():
+        if new_key is None:
+            raise StackError(f"no audit seal key at {path}: the first `aidledger audit seal` creates it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_key().hex() + "\n")
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        raise StackError(f"the audit seal key in {path} must be hex") from None
+    if len(key) != 32:
+        raise StackError(f"the audit seal key in {path} must be 32 bytes (64 hex characters)")
     return key
 
 

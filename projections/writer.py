@@ -4,6 +4,9 @@ no-op: events are keyed by event_id, alerts by alert_id with a revision guard, d
 their source position. Correctness rests on those identities, not on offsets alone, so a log that
 was re-published from offset zero projects to the same rows.
 
+Every record archived for the first time is also hash-chained (`ledger.chain`, one chain per
+ledger partition, `aidcore.chain`) in the same transaction, so the chain never lags the archive.
+
 The idempotency decision for the archive is the core's (`aidcore.ledger.first_difference`): the
 first event under a (source_system, source_ref) is accepted; a later one with other content is
 archived as not accepted, with the named outcome.
@@ -29,7 +32,7 @@ import psycopg
 from psycopg import postgres, pq
 from psycopg.adapt import Dumper
 
-from aidcore import outcomes
+from aidcore import chain, outcomes
 from aidcore import postings as money
 from aidcore.intake import BudgetAllocation, Disbursement, record_type_of
 from aidcore.ledger import event_id_text, idem_key, key_outcome, resubmission_outcome
@@ -141,7 +144,11 @@ def write_batch(
     state_records = [r for r in records if r.topic == topics.get("state")]
     with _cyclic_gc_paused(), conn.transaction():
         with conn.cursor() as cur:
-            trail = _project_events(cur, ledger_records, stats) if ledger_records else None
+            trail = None
+            if ledger_records:
+                chaining = _Chaining(cur, {r.partition for r in ledger_records})
+                trail = _project_events(cur, ledger_records, stats, chaining.add_events)
+                chaining.write(cur)
             if alert_records:
                 _project_alerts(cur, alert_records, stats)
             if dead_records:
@@ -179,14 +186,16 @@ Originals = dict[tuple[str, str], tuple[str, bytes]]
 Totals = dict[tuple[str, str, str], list]
 
 
-def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: BatchStats) -> "_MoneyOfBatch":
+def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: BatchStats,
+                    archived: Callable[[Sequence[tuple]], None]) -> "_MoneyOfBatch":
     """Slice by slice, so that both cores work: decoding is Python's largest cost and the writes
     are PostgreSQL's, and Python decodes the next slice while PostgreSQL works on this one.
     A round has two steps: in pipeline mode PostgreSQL adds the previous slice's totals and
     looks up this slice's events; then this slice is decided and its archive rows go in by
     COPY, which pipeline mode cannot carry. Half of the next slice decodes during each step.
-    Returns what the batch adds to the money trail: the new payments summed by the accounts they
-    leave, and the budget records the decoding set aside."""
+    `archived` gets each slice's archive rows while PostgreSQL inserts them. Returns what the
+    batch adds to the money trail: the new payments summed by the accounts they leave, and the
+    budget records the decoding set aside."""
     conn = cur.connection
     decoding = _Decoding(records, stats)
     trail = _MoneyOfBatch({}, decoding.budget)
@@ -208,7 +217,7 @@ def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
             rows, totals = _decide_events(fresh, originals, stats)
             stats.events_new += len(rows)
             _add_spent(rows, trail.spent)
-        _copy_events(conn, rows, meanwhile=lambda: decoding.more(_SLICE // 2))
+        _copy_events(conn, rows, meanwhile=lambda: (archived(rows), decoding.more(_SLICE // 2)))
         decoded = decoding.take()
     if totals:
         _add_totals(cur, totals)
@@ -344,6 +353,54 @@ def _copy_events(conn: psycopg.Connection, rows: Sequence[tuple], meanwhile: Cal
             for row in rows:
                 copy.write_row(row)
             meanwhile()
+
+
+# The archive's hash chain (`aidcore.chain`): a batch's chain rows go in its transaction, so
+# the chain can neither lag nor disagree with the archive, and a replayed batch, which archives
+# nothing, chains nothing. Only these lines of the event path know about it.
+_CHAIN_COPY = ('COPY ledger.chain (partition, position, "offset", event_id, value_sha256, prev_hash, hash)'
+               " FROM STDIN (FORMAT BINARY)")
+_CHAIN_HEADS_SQL = (
+    "SELECT p, c.position, c.hash FROM unnest(%b::int4[]) AS p CROSS JOIN LATERAL"
+    " (SELECT position, hash FROM ledger.chain WHERE partition = p ORDER BY position DESC LIMIT 1) c"
+)
+_PARTITION, _OFFSET = _FIELDS + 1, _FIELDS + 2  # in an archive row
+# binary COPY of one chain row: 7 fields, each length-prefixed
+_CHAIN_ROW = struct.Struct(">h ii iq iq i16s i32s i32s i32s").pack
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+
+
+class _Chaining:
+    """Chains a batch's archived records in the order archived, one slice at a time while
+    PostgreSQL inserts the slice into the archive (hashing is Python's share, and PostgreSQL's
+    COPY leaves Python time to spare), then writes the rows with one COPY."""
+
+    def __init__(self, cur: psycopg.Cursor, partitions: Iterable[int]):
+        self._heads = {p: chain.Head(position, bytes(h))
+                       for p, position, h in cur.execute(_CHAIN_HEADS_SQL, (sorted(partitions),))}
+        self._rows: list[bytes] = []
+
+    def add(self, archived: Iterable[tuple[int, int, str, bytes]]) -> None:
+        """Records just archived, as (partition, offset, event id, value), in the order archived.
+        Another archive table of ledger records chains its rows here too."""
+        fromhex = bytes.fromhex
+        self._rows += [
+            _CHAIN_ROW(7, 4, p, 8, position, 8, offset, 16, fromhex(event_id.replace("-", "")), 32, digest, 32, prev, 32, h)
+            for p, position, offset, event_id, digest, prev, h in chain.extend(self._heads, archived)
+        ]
+
+    def add_events(self, rows: Sequence[tuple]) -> None:
+        """`ledger.events` rows as `_decide_events` makes them."""
+        self.add([(r[_PARTITION], r[_OFFSET], r[_EVENT_ID], r[-1]) for r in rows])
+
+    def write(self, cur: psycopg.Cursor) -> None:
+        if not self._rows:
+            return
+        with cur.copy(_CHAIN_COPY) as copy:
+            copy.write(_COPY_HEADER)
+            copy.write(b"".join(self._rows))
+            copy.write(_COPY_TRAILER)
 
 
 def _add_totals(cur: psycopg.Cursor, totals: Totals) -> None:
