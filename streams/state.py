@@ -183,7 +183,10 @@ def _check_widths(p: Payment) -> None:
 
 
 def unpack(blob: bytes) -> dict[int, Payment]:
-    """The payments of a record made by `pack`, in the order they were packed."""
+    """The payments of a record made by `pack`, in the order they were packed (none for an
+    empty record: a person not seen yet)."""
+    if not blob:
+        return {}
     layout, count = blob[0], blob[1]
     start = 2 + 16 * count
     values = _SLOT_VALUES

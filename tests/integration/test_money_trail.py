@@ -135,7 +135,7 @@ def _stream_state(stack):
     parts: dict[int, st.PartitionState] = {}
     decoder = codec.codec(codec.STATE_DELTA)
     for record in read_topic(stack.bootstrap, stack.endpoints()["topics"]["state"], stack.stack.partitions):
-        st.apply_delta(parts.setdefault(record.partition, {}), decoder.decode(record.value))
+        st.apply_delta(parts.setdefault(record.partition, st.PartitionState()), decoder.decode(record.value))
     return {key.hex(): st.unpack(blob) for part in parts.values() for key, blob in part.items()}
 
 

@@ -214,3 +214,8 @@ def test_a_split_delta_carries_removed_and_applied_entries_in_its_last_record():
 def test_a_delta_of_only_applied_reversals_is_still_written():
     (record,) = st.delta_records(0, 5, [], [], (), [bytes(16)])
     assert (record["events"], record["applied"]) == ([], [bytes(16)])
+
+
+def test_an_empty_record_is_a_person_with_no_payments():
+    """A table default (the per-event baseline keeps "" for people not seen yet)."""
+    assert st.unpack(b"") == {}
