@@ -45,6 +45,7 @@ from typing import Iterator
 from zlib import crc32
 
 import psycopg
+import psycopg.sql
 
 from aidcore.intake import DIGESTS_BYTES
 from aidcore.settings import ProjectorSettings, StackSettings
@@ -765,6 +766,49 @@ def compare(found: dict, expected: Generated, marks: dict[int, int]) -> dict:
                        if not isinstance(got, dict)}}
 
 
+def postgres_activity(database_url: str) -> dict:
+    """PostgreSQL's cumulative WAL and checkpoint counters (differences of two readings tell
+    what a step cost it beyond CPU)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        wal = conn.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
+        ckpt = conn.execute("SELECT num_timed, num_requested, buffers_written FROM pg_stat_checkpointer").fetchone()
+    return {"wal_records": int(wal[0]), "wal_full_page_images": int(wal[1]), "wal_bytes": int(wal[2]),
+            "checkpoints_timed": int(ckpt[0]), "checkpoints_requested": int(ckpt[1]),
+            "checkpoint_buffers_written": int(ckpt[2])}
+
+
+_SHOWN_SETTINGS = ("shared_buffers", "max_wal_size", "checkpoint_timeout", "fsync", "synchronous_commit",
+                   "full_page_writes", "wal_level", "work_mem")
+
+
+def postgres_settings(database_url: str, changes: dict[str, str]) -> dict[str, str]:
+    """Apply `changes` (settings a reload can change and the embedded server does not set on
+    its command line, such as max_wal_size) and return the settings that matter here."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name, value in changes.items():
+            conn.execute(f"ALTER SYSTEM SET {psycopg.sql.Identifier(name).as_string(conn)} = {psycopg.sql.Literal(value).as_string(conn)}")
+        if changes:
+            conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.5)
+        shown = {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+                 for name in dict.fromkeys((*_SHOWN_SETTINGS, *changes))}
+        pending = conn.execute("SELECT name FROM pg_settings WHERE pending_restart AND name = ANY(%s)",
+                               (list(changes),)).fetchall()
+    if pending:
+        raise SystemExit(f"bench-scale: {', '.join(n for (n,) in pending)} can only change with a restart; the"
+                         " embedded server sets its own on its command line")
+    return shown
+
+
+def table_sizes(database_url: str) -> dict[str, int]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, pg_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'ledger' AND c.relkind IN ('r', 'i') AND pg_relation_size(c.oid) > 0"
+            " ORDER BY 2 DESC").fetchall()
+    return {name: size for name, size in rows}
+
+
 # --------------------------------------------------------------------------- profile
 
 
@@ -860,7 +904,8 @@ def _machine() -> dict:
 
 
 def run(events_n: int = EVENTS, people: int | None = None, months: int = MONTHS, seed: int = 20261122,
-        partitions: int = PARTITIONS, profile: Path | None = None, log=print) -> dict:
+        partitions: int = PARTITIONS, profile: Path | None = None, pg_settings: dict[str, str] | None = None,
+        log=print) -> dict:
     people = people or max(1, round(events_n * PEOPLE / EVENTS))
     need, have = memory_needed(events_n), _available_bytes()
     if need > have:
@@ -882,6 +927,12 @@ def run(events_n: int = EVENTS, people: int | None = None, months: int = MONTHS,
             specs = declared_topics(stack)
             kafka.create_topics(broker.endpoint, list(specs.values()))
             ledger = specs["ledger"].name
+            # fresh projections: a new database, migrated; nothing writes to it before the replay
+            from projections.migrate import migrate
+
+            migrate(postgres.endpoint)
+            result["postgres_settings"] = postgres_settings(postgres.endpoint, pg_settings or {})
+            result["postgres_settings_changed"] = dict(pg_settings or {})
 
             log(f"population: {people:,} people, {months} months")
             t = time.perf_counter()
@@ -907,9 +958,7 @@ def run(events_n: int = EVENTS, people: int | None = None, months: int = MONTHS,
             log(f"  {result['generate_seconds']:.0f} s generating, {result['produce_seconds']:.0f} s in all"
                 f" ({result['produce_events_per_s']:,.0f} events/s); broker RSS {broker_rss / 2**30:.2f} GiB")
 
-            from projections.migrate import migrate
-
-            migrate(postgres.endpoint)
+            activity = postgres_activity(postgres.endpoint)
             log("replay from offset zero into fresh projections")
             cpu = {"projector_process": sum(os.times()[:2]), "postgresql": _tree_cpu_seconds(postgres.pid),
                    "broker": _tree_cpu_seconds(broker.pid)}
@@ -920,6 +969,7 @@ def run(events_n: int = EVENTS, people: int | None = None, months: int = MONTHS,
                 summary = stop_profile(spy, profile) if spy is not None else None
             cpu_after = {"projector_process": sum(os.times()[:2]), "postgresql": _tree_cpu_seconds(postgres.pid),
                          "broker": _tree_cpu_seconds(broker.pid)}
+            activity_after = postgres_activity(postgres.endpoint)
             seconds = replayed["seconds"]
             result["replay"] = {
                 "seconds": seconds,
@@ -932,6 +982,7 @@ def run(events_n: int = EVENTS, people: int | None = None, months: int = MONTHS,
                 "met": events_n >= EVENTS and seconds <= TARGET_SECONDS,
                 "batch_max": replayed["batch_max"],
                 "cpu_seconds": {k: round(cpu_after[k] - cpu[k], 1) for k in cpu},
+                "postgresql": {k: activity_after[k] - activity[k] for k in activity},
                 "progress_seconds_records": [(round(s, 1), n) for s, n in replayed["progress"]],
             }
             if events_n < EVENTS:
@@ -942,6 +993,7 @@ def run(events_n: int = EVENTS, people: int | None = None, months: int = MONTHS,
             result["verify"] = verify(postgres.endpoint, made, ledger, marks)
             with psycopg.connect(postgres.endpoint, autocommit=True) as conn:
                 result["database_bytes"] = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            result["relation_bytes"] = table_sizes(postgres.endpoint)
         finally:
             if postgres is not None:
                 postgres.stop(60)
@@ -960,6 +1012,10 @@ def _print(result: dict) -> None:
         print(f"  10,000,000 events at this rate: {r['extrapolated_seconds_for_10M_at_this_rate']:.0f} s"
               " (the rate falls as the tables grow: run the full size)")
     print(f"  CPU seconds during the replay: {r['cpu_seconds']}")
+    pgw = r["postgresql"]
+    print(f"  PostgreSQL during the replay: {pgw['wal_bytes'] / 2**30:.1f} GiB of WAL ({pgw['wal_full_page_images']:,}"
+          f" full-page images), {pgw['checkpoints_requested']} checkpoints requested, {pgw['checkpoints_timed']} timed;"
+          f" settings {result['postgres_settings']}")
     print(f"  not timed: population {result['population_seconds']:.1f} s, generating {result['generate_seconds']:.1f} s,"
           f" generating and producing {result['produce_seconds']:.1f} s")
     for thread, p in r.get("profile", {}).items():
@@ -978,6 +1034,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--months", type=int, default=MONTHS)
     ap.add_argument("--seed", type=int, default=20261122)
     ap.add_argument("--profile", action="store_true", help="sample the replay with py-spy")
+    ap.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a PostgreSQL setting for this run only, e.g. max_wal_size=8GB (an experiment: the"
+                         " headline figure is for the stack's own settings)")
     ap.add_argument("--out", default=None,
                     help="result file (default bench/results/scale.json at full size, scale-<events>.json below it)")
     args = ap.parse_args(argv)
@@ -985,7 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
                             else f"bench/results/scale-{args.events}.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     profile = out.with_suffix(".pyspy.txt") if args.profile else None
-    result = run(args.events, args.people, args.months, args.seed, profile=profile)
+    pg = dict(item.split("=", 1) for item in args.pg_setting)
+    result = run(args.events, args.people, args.months, args.seed, profile=profile, pg_settings=pg)
     out.write_text(json.dumps(result, indent=2))
     _print(result)
     print(f"results -> {out}")
