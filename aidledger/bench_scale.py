@@ -672,6 +672,17 @@ def _tree_cpu_seconds(root: int) -> float:
     return ticks / _clock_ticks()
 
 
+def _machine_cpu() -> dict[str, float]:
+    """The whole machine's CPU seconds so far: busy (any process), idle, and idle while
+    waiting for I/O."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    ticks = _clock_ticks()
+    return {"busy": (user + nice + system + irq + softirq + steal) / ticks, "idle": idle / ticks,
+            "iowait": iowait / ticks}
+
+
 def _rss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -962,6 +973,7 @@ def run(events_n: int = EVENTS, people: int | None = None, months: int = MONTHS,
             log("replay from offset zero into fresh projections")
             cpu = {"projector_process": sum(os.times()[:2]), "postgresql": _tree_cpu_seconds(postgres.pid),
                    "broker": _tree_cpu_seconds(broker.pid)}
+            machine = _machine_cpu()
             spy = start_profile(profile) if profile is not None else None
             try:
                 replayed = asyncio.run(replay(postgres.endpoint, stack, ledger, marks))
@@ -969,6 +981,11 @@ def run(events_n: int = EVENTS, people: int | None = None, months: int = MONTHS,
                 summary = stop_profile(spy, profile) if spy is not None else None
             cpu_after = {"projector_process": sum(os.times()[:2]), "postgresql": _tree_cpu_seconds(postgres.pid),
                          "broker": _tree_cpu_seconds(broker.pid)}
+            machine_after = _machine_cpu()
+            ours = sum(cpu_after[k] - cpu[k] for k in cpu)
+            machine_used = {k: round(machine_after[k] - machine[k], 1) for k in machine}
+            # CPU the rest of the machine used meanwhile (other work on a shared machine)
+            machine_used["busy_other_processes"] = round(machine_used["busy"] - ours, 1)
             activity_after = postgres_activity(postgres.endpoint)
             seconds = replayed["seconds"]
             result["replay"] = {
@@ -982,6 +999,7 @@ def run(events_n: int = EVENTS, people: int | None = None, months: int = MONTHS,
                 "met": events_n >= EVENTS and seconds <= TARGET_SECONDS,
                 "batch_max": replayed["batch_max"],
                 "cpu_seconds": {k: round(cpu_after[k] - cpu[k], 1) for k in cpu},
+                "machine_cpu_seconds": machine_used,
                 "postgresql": {k: activity_after[k] - activity[k] for k in activity},
                 "progress_seconds_records": [(round(s, 1), n) for s, n in replayed["progress"]],
             }
@@ -1011,7 +1029,7 @@ def _print(result: dict) -> None:
     if "extrapolated_seconds_for_10M_at_this_rate" in r:
         print(f"  10,000,000 events at this rate: {r['extrapolated_seconds_for_10M_at_this_rate']:.0f} s"
               " (the rate falls as the tables grow: run the full size)")
-    print(f"  CPU seconds during the replay: {r['cpu_seconds']}")
+    print(f"  CPU seconds during the replay: {r['cpu_seconds']}; whole machine: {r['machine_cpu_seconds']}")
     pgw = r["postgresql"]
     print(f"  PostgreSQL during the replay: {pgw['wal_bytes'] / 2**30:.1f} GiB of WAL ({pgw['wal_full_page_images']:,}"
           f" full-page images), {pgw['checkpoints_requested']} checkpoints requested, {pgw['checkpoints_timed']} timed;"
