@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install demo test lint test-unit test-integration bench clean
+.PHONY: install demo test lint test-unit test-integration bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/aidledger bench $(ARGS)
+
+# opt-in, Lampung scale: 10 million events replayed into fresh projections (about 6 GiB of memory,
+# 15-20 minutes in all); ARGS="--events 200000" for a smoke run, --profile to sample it with py-spy
+bench-scale: $(BENCH_STAMP)
+	$(BIN)/python -m aidledger.bench_scale $(ARGS)
 
 clean:
 	rm -rf $(VENV) .aidledger *.egg-info .pytest_cache .hypothesis
