@@ -357,7 +357,8 @@ def _copy_events(conn: psycopg.Connection, rows: Sequence[tuple], meanwhile: Cal
 
 # The archive's hash chain (`aidcore.chain`): a batch's chain rows go in its transaction, so
 # the chain can neither lag nor disagree with the archive, and a replayed batch, which archives
-# nothing, chains nothing. Only these lines of the event path know about it.
+# nothing, chains nothing. Besides the `archived` hook of `_project_events`, only these lines of
+# the event path know about it.
 _CHAIN_COPY = ('COPY ledger.chain (partition, position, "offset", event_id, value_sha256, prev_hash, hash)'
                " FROM STDIN (FORMAT BINARY)")
 _CHAIN_HEADS_SQL = (
@@ -379,6 +380,9 @@ class _Chaining:
     def __init__(self, cur: psycopg.Cursor, partitions: Iterable[int]):
         self._heads = {p: chain.Head(position, bytes(h))
                        for p, position, h in cur.execute(_CHAIN_HEADS_SQL, (sorted(partitions),))}
+        for p, head in self._heads.items():
+            if len(head.hash) != 32:  # never extend a chain whose head is not a hash: someone edited it
+                raise ValueError(f"the head of partition {p}'s chain is not a SHA-256 hash; see `aidledger audit verify`")
         self._rows: list[bytes] = []
 
     def add(self, archived: Iterable[tuple[int, int, str, bytes]]) -> None:
