@@ -309,3 +309,14 @@ def test_decode_disbursements_keeps_going_past_bad_values():
 
 def test_decode_disbursements_of_nothing_is_nothing():
     assert codec.decode_disbursements([]) == []
+
+
+@pytest.mark.parametrize(("field", "bad"), [("field_digests", b"\x00" * 5), ("person_token", "not-a-token"),
+                                            ("event_id", "x" * 36), ("kk_token", "ZZ")])
+def test_a_ledger_value_with_a_malformed_id_or_digest_is_a_named_error(field, bad):
+    """Valid Avro written past intake can still break what the stream relies on: refused at decode."""
+    from dataclasses import replace
+
+    value = codec.encode_disbursement(replace(disbursement(), **{field: bad}))
+    (item,) = codec.decode_ledger_values([value])
+    assert isinstance(item, CodecError) and item.code == "avro_body_malformed"
