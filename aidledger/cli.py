@@ -446,8 +446,83 @@ def _print_record_trail(found: dict) -> None:
 
 
 def cmd_audit(args) -> int:
-    """The audit commands: the money (overspend, balances) and the archive's chain (verify, seal)."""
+    """The audit commands: the money (overspend, balances), the archive's chain (verify, seal), the
+    projections rebuilt from the log and compared (replay), a period's files for an auditor (export)."""
+    if args.action == "replay":
+        return _audit_replay(args)
+    if args.action == "export":
+        return _audit_export(args)
     return _audit_chain(args) if args.action in ("verify", "seal") else _audit_money(args)
+
+
+def _audit_replay(args) -> int:
+    """replay [--keep] [--json]: exit 0 when the rebuilt projections equal the live ones, 1 when not."""
+    from projections import replay
+
+    bootstrap, dsn = resolve_endpoints(_home(args))
+    stack = StackSettings.from_env({**os.environ, "AIDLEDGER_KAFKA_BOOTSTRAP": bootstrap, "AIDLEDGER_DATABASE_URL": dsn})
+    try:
+        report = replay.replay(dsn, stack, keep=args.keep, progress=replay.ProgressBar("replay"))
+    except RuntimeError as err:
+        print(f"aidledger audit replay: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        _dump(report.as_dict())
+        return 0 if report.ok else 1
+    print(f"replayed {report.records:,} records from offset zero in {report.replay_seconds:.1f} s"
+          f" ({report.records_per_s:,.0f}/s); compared in {report.compare_seconds:.1f} s")
+    for t in report.tables:
+        if t.same:
+            print(f"  ledger.{t.table:<14} {t.live_rows:>12,} rows: identical")
+            continue
+        print(f"  ledger.{t.table:<14} DIFFERS: live {t.live_rows:,} rows, replay {t.replay_rows:,};"
+              f" {t.only_live:,} only live, {t.only_replay:,} only in the replay, {t.differing:,} differ"
+              + (f"; {t.schema}" if t.schema else ""))
+        for e in t.examples:
+            key = ", ".join(f"{k}={v}" for k, v in e["key"].items())
+            print(f"    {e['kind']}: {key}" + (f" (columns: {', '.join(e['columns'])})" if e.get("columns") else ""))
+    print(f"{'kept' if report.kept else 'dropped'} database {report.database}")
+    print("ok: the live projections equal a rebuild from the log" if report.ok
+          else "the live projections DIFFER from a rebuild from the log")
+    return 0 if report.ok else 1
+
+
+def _audit_export(args) -> int:
+    """export --period YYYY-MM [--regency CODE] [--out DIR]: CSV files and a manifest of their hashes,
+    signed with the audit seal key when `audit seal` made one."""
+    import psycopg
+
+    from infra.stack import StackError, seal_key
+    from projections import export
+    from schemas.topics import declared_topics
+
+    if not args.period:
+        print("aidledger audit export: --period YYYY-MM is required", file=sys.stderr)
+        return 2
+    home = _home(args)
+    _, dsn = resolve_endpoints(home)
+    stack = _stack()
+    try:
+        key = seal_key(stack, home)
+    except StackError:
+        key = None  # no seal key yet: the manifest goes unsigned, its hashes still hold
+    out = Path(args.out) if args.out else home / "exports" / "-".join(filter(None, (args.period, args.regency)))
+    try:
+        with psycopg.connect(dsn) as conn:
+            doc = export.export(conn, out, period=args.period, regency=args.regency,
+                                ledger_topic=declared_topics(stack)["ledger"].name, private_key=key)
+    except export.ExportError as err:
+        print(f"aidledger audit export: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        _dump({"folder": str(out), **doc})
+        return 0
+    for name, f in doc["manifest"]["files"].items():
+        print(f"  {name:<14} {f['rows']:>10,} rows  sha256 {f['sha256']}")
+    print(f"manifest {'signed' if doc['signature'] else 'unsigned (no audit seal key yet)'}; chain root"
+          f" {doc['manifest']['chain']['root'][:16]}")
+    print(f"export -> {out}")
+    return 0
 
 
 def _audit_money(args) -> int:
@@ -743,15 +818,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--why", default="trail", help="recorded in the vault access log")
     p = add("audit", cmd_audit, "the audit: who paid beyond the money allocated or released to them (overspend),"
                                 " every account's balance (balances), both saying whether the books reconcile;"
-                                " verify the archive's hash chain and seals (verify), or seal its heads (seal)")
-    p.add_argument("action", nargs="?", choices=["overspend", "balances", "verify", "seal"], default="overspend")
+                                " verify the archive's hash chain and seals (verify), or seal its heads (seal); rebuild every projection"
+                                " from the log and compare it with the live one (replay); write a period's"
+                                " ledger, balances and alerts as CSV files with a manifest (export)")
+    p.add_argument("action", nargs="?", choices=["overspend", "balances", "verify", "seal", "replay", "export"],
+                   default="overspend")
     p.add_argument("--as-of", metavar="TIMESTAMP", help="overspend, balances: as the ledger stood then (ISO 8601 with offset)")
     p.add_argument("--all", action="store_true", help="balances: recipients' accounts too")
     p.add_argument("--json", action="store_true")
     p.add_argument("--seal", action="append", default=[], metavar="FILE",
                    help="verify: also check against this seal file (repeatable)")
     p.add_argument("--public-key", help="verify: the seals must be signed by this Ed25519 key (hex, or a file holding it)")
-    p.add_argument("--out", help="seal: where to write the seal (default <home>/seals/seal-<time>.json)")
+    p.add_argument("--out", help="seal: where to write the seal (default <home>/seals/seal-<time>.json);"
+                                 " export: the directory for the files (default <home>/exports/<period>[-<regency>])")
+    p.add_argument("--keep", action="store_true", help="replay: keep the rebuilt database for inspection")
+    p.add_argument("--period", help="export: the month, YYYY-MM")
+    p.add_argument("--regency", help="export: only this regency (kabupaten/kota code, e.g. 1871)")
     p = add("rules", cmd_rules, "the detection rulebook: check a file, show the one in force, its history, "
                                 "activate a new one, or simulate one on history")
     p.add_argument("action", choices=["check", "show", "history", "activate", "simulate"])

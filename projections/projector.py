@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Callable
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -43,7 +44,12 @@ PROJECTED_ROLES = ("ledger", "alerts", "deadletter", "state")
 
 
 async def run_projector(database_url: str, stack: StackSettings, settings: ProjectorSettings,
-                        stop: asyncio.Event | None = None) -> None:
+                        stop: asyncio.Event | None = None, until: dict[tuple[str, int], int] | None = None,
+                        on_batch: Callable[[int], None] | None = None) -> None:
+    """Project until `stop` is set; with `until` (next offset per topic and partition), read each
+    partition up to that offset and return once all are there (`aidledger audit replay`: the
+    live projection's positions, so the rebuild is of the same records). `on_batch` hears how
+    many records each batch held."""
     stop = stop or asyncio.Event()
     specs = declared_topics(stack)
     topic_names = {role: specs[role].name for role in PROJECTED_ROLES}
@@ -58,6 +64,10 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
     await consumer.start()
     try:
         tps = [TopicPartition(specs[role].name, p) for role in topic_names for p in range(specs[role].partitions)]
+        if until is not None:
+            tps = [tp for tp in tps if until.get((tp.topic, tp.partition), 0) > offsets.get((tp.topic, tp.partition), 0)]
+            if not tps:
+                return
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, offsets.get((tp.topic, tp.partition), 0))
@@ -68,6 +78,10 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
                 records = []
                 next_offsets = {}
                 for tp, messages in batch.items():
+                    if until is not None:
+                        messages = [m for m in messages if m.offset < until[(tp.topic, tp.partition)]]
+                        if not messages:
+                            continue
                     for m in messages:
                         records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ())))
                     next_offsets[(tp.topic, tp.partition)] = messages[-1].offset + 1
@@ -85,6 +99,15 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
                 UNDECODABLE.labels("state").inc(stats.changelog_undecodable)
                 for ms in stats.alert_latencies_ms:
                     ALERT_LATENCY.observe(ms / 1000.0)
+                if on_batch is not None:
+                    on_batch(len(records))
+                if until is not None:
+                    offsets.update(next_offsets)
+                    reached = [tp for tp in tps if offsets.get((tp.topic, tp.partition), 0) >= until[(tp.topic, tp.partition)]]
+                    if reached:
+                        consumer.pause(*reached)
+                    if len(reached) == len(tps):
+                        return
             for tp in tps:
                 hw = consumer.highwater(tp)
                 if hw is not None:

@@ -426,12 +426,16 @@ def _add_totals(cur: psycopg.Cursor, totals: Totals) -> None:
 
 def _project_alerts(cur: psycopg.Cursor, records: Sequence[Record], stats: BatchStats) -> None:
     latest: dict[str, object] = {}
+    # when each alert was first raised, as far as this batch knows: its earliest revision's time,
+    # whichever revision the batch ends with (so the row does not depend on where batches split)
+    first_us: dict[str, int] = {}
     for r in records:
         try:
             a = codec.decode_alert(r.value)
         except codec.CodecError:
             stats.alerts_undecodable += 1  # only the worker and intake write alerts: a bug, made visible
             continue
+        first_us[a.alert_id] = min(first_us.get(a.alert_id, a.raised_at_us), a.raised_at_us)
         held = latest.get(a.alert_id)
         if held is None or (a.revision, a.raised_at_us) >= (held.revision, held.raised_at_us):  # type: ignore[attr-defined]
             if held is not None and not a.region_code:  # keep the village an earlier revision knew
@@ -454,7 +458,7 @@ def _project_alerts(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
             (
                 a.alert_id, a.revision, a.rule_id, a.rulebook_version, a.outcome_code, a.subject_kind,  # type: ignore[attr-defined]
                 a.subject_token, a.programme_code, a.period, a.region_code, lines, a.amount_idr_at_stake,  # type: ignore[attr-defined]
-                a.amount_idr_total, a.message, _ts(a.raised_at_us), _ts(a.raised_at_us), a.trigger_event_id,  # type: ignore[attr-defined]
+                a.amount_idr_total, a.message, _ts(first_us[a.alert_id]), _ts(a.raised_at_us), a.trigger_event_id,  # type: ignore[attr-defined]
                 (a.raised_at_us - a.trigger_recorded_at_us) / 1000.0,  # type: ignore[attr-defined]
                 a.status, a.threshold,  # type: ignore[attr-defined]
             )

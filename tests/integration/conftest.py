@@ -48,6 +48,13 @@ class Cli:
         return proc
 
 
+def ingest_in_background(stack: Stack, path: Path) -> subprocess.Popen:
+    """`aidledger ingest FILE` as a child process, while the test does something to the stack."""
+    env = dict(stack.environ, AIDLEDGER_HOME=str(stack.home))
+    return subprocess.Popen([sys.executable, "-m", "aidledger.cli", "ingest", str(path)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 @pytest.fixture(scope="module")
 def cli(stack):
     return Cli(stack)

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import psycopg
 import pytest
-from conftest import REPO, wait_until
+from conftest import REPO, ingest_in_background, wait_until
 
 from aidcore import chain
 from connectors import synthetic
@@ -49,8 +49,7 @@ def test_kill_projector_mid_batch_chains_every_archived_event_once(stack, tmp_pa
     path = tmp_path / "big.jsonl"
     synthetic.write_jsonl(path, dataset.records)
     env = dict(stack.environ, AIDLEDGER_HOME=str(stack.home))
-    ingest = subprocess.Popen([sys.executable, "-m", "aidledger.cli", "ingest", str(path)], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ingest = ingest_in_background(stack, path)
     projector = stack.children["projector"]
     hit = 0
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
