@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install demo test lint test-unit test-integration bench bench-scale clean
+.PHONY: install demo test lint test-unit test-integration bench bench-scale bench-replay clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench: $(BENCH_STAMP)
 # 15-20 minutes in all); ARGS="--events 200000" for a smoke run, --profile to sample it with py-spy
 bench-scale: $(BENCH_STAMP)
 	$(BIN)/python -m aidledger.bench_scale $(ARGS)
+
+# the replay stage of `make bench` alone: 1,000,000 records projected end to end, then
+# `aidledger audit replay` twice (ARGS="--records 100000" for a smoke run)
+bench-replay: $(BENCH_STAMP)
+	$(BIN)/python -m aidledger.bench_replay $(ARGS)
 
 clean:
 	rm -rf $(VENV) .aidledger *.egg-info .pytest_cache .hypothesis

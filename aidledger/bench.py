@@ -7,7 +7,9 @@ Per round:
 - raw ceiling: plain aiokafka batch consume plus Avro decode of the same ledger topic;
 - latency: a paced phase at a fixed offered rate; p50/p99 from intake of an event to the alert it
   raised (alert.raised_at - event.recorded_at);
-- audit verify: every partition's hash chain recomputed from the round's whole archive.
+- audit verify: every partition's hash chain recomputed from the round's whole archive;
+- audit replay: every projection rebuilt from offset zero of the log and compared with the live
+  one (`aidledger.bench_replay`, also runnable alone with `make bench-replay`).
 Medians over the rounds go to the JSON file with the machine and the date.
 """
 
@@ -28,6 +30,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from aidcore.ledger import RULE_DUPLICATE_PERSON
+from aidledger import bench_replay
 from aidcore.reference import default_reference
 from connectors import synthetic
 from connectors.intake import ingest_rows
@@ -170,6 +173,7 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
                 stack.wait_caught_up(600, poll_s=0.1)
                 projection = projection_write_rate(stack, topics)
                 audit = audit_verify_rate(stack.database_url, topics["ledger"].partitions)
+                replayed = bench_replay.replay_rate(stack.database_url, stack.stack, topics["ledger"].name)
                 latencies = [r[0] for r in conn.execute(
                     "SELECT latency_ms FROM ledger.alerts WHERE first_raised_at >= %s AND rule_id = %s",
                     (mark, RULE_DUPLICATE_PERSON)).fetchall()]
@@ -185,6 +189,8 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
         "projection_rows_per_s": projection["rows_per_s"],
         "audit_verify_events": audit["events"],
         "audit_verify_events_per_s": audit["events_per_s"],
+        "replay_events": replayed["events"],
+        "replay_events_per_s": replayed["events_per_s"],
         "paced_offered_per_s": paced_rate,
         "paced_alerts": len(latencies),
         "alert_latency_p50_ms": _percentile(latencies, 0.50),
@@ -211,6 +217,7 @@ TARGETS = {
     "alert_latency_p99_ms": 100,
     "projection_rows_per_s": 50_000,
     "audit_verify_events_per_s": 100_000,
+    "replay_events_per_s": bench_replay.TARGET_EVENTS_PER_S,
     "rebuild_seconds_per_million_tokens": 120,
     "state_mib_per_million_tokens": 200,
 }
@@ -254,6 +261,7 @@ def run_bench(args) -> int:
         "projection_rows_per_s": e2e_m["projection_rows_per_s"],
         "audit_verify_events_per_s": e2e_m["audit_verify_events_per_s"],
         "audit_verify_over_target": e2e_m["audit_verify_events_per_s"] / TARGETS["audit_verify_events_per_s"],
+        "replay_events_per_s": e2e_m["replay_events_per_s"],
         "rebuild_seconds_per_million_tokens": recovery["rebuild_seconds"] * scale,
         "state_mib_per_million_tokens": recovery["state_mib_per_million_tokens"],
     }

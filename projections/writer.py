@@ -476,7 +476,9 @@ def _project_alerts(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
         " amount_idr_total = excluded.amount_idr_total, message = excluded.message, raised_at = excluded.raised_at,"
         " trigger_event_id = excluded.trigger_event_id, latency_ms = excluded.latency_ms,"
         " status = excluded.status, threshold = excluded.threshold"
-        " WHERE excluded.revision > ledger.alerts.revision",
+        # the batch's own rule (above): the latest revision, and of two with the same number the one
+        # raised last, so that the row does not depend on where batches split
+        " WHERE (excluded.revision, excluded.raised_at) > (ledger.alerts.revision, ledger.alerts.raised_at)",
         params,
     )
     stats.alerts += len(params)

@@ -1,0 +1,96 @@
+"""The replay stage of `make bench`, also runnable alone (`make bench-replay`): `aidledger audit
+replay` (`projections.replay`) over a stack that projected N synthetic records end to end (default
+1,000,000), timed from offset zero until the rebuild reaches the live projection's offsets, then
+compared with the live projection (which must be identical). Target: 20,000 events/s.
+
+Alone, it runs one stack and replays it `--repeats` times (each into a fresh database), and writes
+the rates and their median to bench/results/replay.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+
+TARGET_EVENTS_PER_S = 20_000
+
+
+def replay_rate(database_url: str, stack_settings, ledger_topic: str) -> dict:
+    """One replay of the live projections; raises if the rebuild is not identical."""
+    from projections.replay import ProgressBar, replay
+
+    report = replay(database_url, stack_settings, progress=ProgressBar("  replay", stream=sys.stdout))
+    if not report.ok:
+        raise RuntimeError(f"bench: the replay differs from the live projection: "
+                           f"{[t.as_dict() for t in report.tables if not t.same][:2]}")
+    events = sum(o for (t, _), o in report.offsets.items() if t == ledger_topic)
+    return {"records": report.records, "events": events, "seconds": report.replay_seconds,
+            "records_per_s": report.records_per_s, "events_per_s": events / report.replay_seconds,
+            "compare_seconds": report.compare_seconds}
+
+
+def run(records: int, seed: int, repeats: int, log=print) -> dict:
+    from aidledger.bench import _environ, _machine, _worker_ready
+    from aidcore.reference import default_reference
+    from connectors import synthetic
+    from connectors.intake import ingest_rows
+    from infra.stack import Stack, token_key
+    from schemas.topics import declared_topics
+
+    with tempfile.TemporaryDirectory(prefix="aidledger-bench-replay-") as tmp:
+        home = Path(tmp)
+        stack = Stack(home, _environ())
+        stack.start()
+        try:
+            _worker_ready(stack)
+            topics = declared_topics(stack.stack)
+            dataset = synthetic.generate(records, seed=seed)
+            log(f"ingest {records:,} records end to end")
+            t0 = time.perf_counter()
+            with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                ingest_rows(conn, iter(enumerate(dataset.records, start=1)), source_name="bench",
+                            ledger_topic=topics["ledger"].name, alerts_topic=topics["alerts"].name,
+                            token_key=token_key(stack.stack, home), reference=default_reference())
+            stack.wait_caught_up(1800, poll_s=0.1)
+            log(f"  projected in {time.perf_counter() - t0:.0f} s")
+            rounds = []
+            for i in range(repeats):
+                log(f"replay {i + 1}/{repeats}")
+                rounds.append(replay_rate(stack.database_url, stack.stack, topics["ledger"].name))
+                log(f"  {rounds[-1]['events_per_s']:,.0f} events/s ({rounds[-1]['records_per_s']:,.0f} records/s of"
+                    f" every topic), compared in {rounds[-1]['compare_seconds']:.1f} s")
+        finally:
+            stack.stop()
+    median = statistics.median(r["events_per_s"] for r in rounds)
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": _machine(),
+            "records": records, "rounds": rounds, "replay_events_per_s_median": median,
+            "target_events_per_s": TARGET_EVENTS_PER_S, "met": median >= TARGET_EVENTS_PER_S}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m aidledger.bench_replay", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--out", default="bench/results/replay.json")
+    args = ap.parse_args(argv)
+    result = run(args.records, args.seed, args.repeats)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"replay: median {result['replay_events_per_s_median']:,.0f} events/s over {args.repeats} replays of"
+          f" {args.records:,} records; target {TARGET_EVENTS_PER_S:,}: {'met' if result['met'] else 'NOT MET'}")
+    print(f"results -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
