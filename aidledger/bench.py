@@ -173,7 +173,7 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
                 stack.wait_caught_up(600, poll_s=0.1)
                 projection = projection_write_rate(stack, topics)
                 audit = audit_verify_rate(stack.database_url, topics["ledger"].partitions)
-                replayed = bench_replay.replay_rate(stack.database_url, stack.stack, topics["ledger"].name)
+                replayed = bench_replay.replay_rate(stack, topics["ledger"].name)
                 latencies = [r[0] for r in conn.execute(
                     "SELECT latency_ms FROM ledger.alerts WHERE first_raised_at >= %s AND rule_id = %s",
                     (mark, RULE_DUPLICATE_PERSON)).fetchall()]

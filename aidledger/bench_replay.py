@@ -10,6 +10,7 @@ the rates and their median to bench/results/replay.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -23,11 +24,13 @@ import psycopg
 TARGET_EVENTS_PER_S = 20_000
 
 
-def replay_rate(database_url: str, stack_settings, ledger_topic: str) -> dict:
-    """One replay of the live projections; raises if the rebuild is not identical."""
+def replay_rate(stack, ledger_topic: str) -> dict:
+    """One replay of a running `infra.stack.Stack`'s projections; raises if the rebuild is not
+    identical."""
     from projections.replay import ProgressBar, replay
 
-    report = replay(database_url, stack_settings, progress=ProgressBar("  replay", stream=sys.stdout))
+    settings = dataclasses.replace(stack.stack, kafka_bootstrap=stack.bootstrap, database_url=stack.database_url)
+    report = replay(stack.database_url, settings, progress=ProgressBar("  replay", stream=sys.stdout))
     if not report.ok:
         raise RuntimeError(f"bench: the replay differs from the live projection: "
                            f"{[t.as_dict() for t in report.tables if not t.same][:2]}")
@@ -64,7 +67,7 @@ def run(records: int, seed: int, repeats: int, log=print) -> dict:
             rounds = []
             for i in range(repeats):
                 log(f"replay {i + 1}/{repeats}")
-                rounds.append(replay_rate(stack.database_url, stack.stack, topics["ledger"].name))
+                rounds.append(replay_rate(stack, topics["ledger"].name))
                 log(f"  {rounds[-1]['events_per_s']:,.0f} events/s ({rounds[-1]['records_per_s']:,.0f} records/s of"
                     f" every topic), compared in {rounds[-1]['compare_seconds']:.1f} s")
         finally:

@@ -148,13 +148,15 @@ def write_batch(
             if ledger_records:
                 chaining = _Chaining(cur, {r.partition for r in ledger_records})
                 trail = _project_events(cur, ledger_records, stats, chaining.add_events)
-                chaining.write(cur)
             if alert_records:
                 _project_alerts(cur, alert_records, stats)
             if dead_records:
                 _project_deadletters(cur, dead_records, stats)
             if trail is not None or state_records:
                 _project_money(cur, topics["ledger"], trail, state_records, stats)
+            if trail is not None:
+                chaining.add_late(trail.archived)  # the budget records archived just now
+                chaining.write(cur)
             cur.executemany(
                 "INSERT INTO ledger.tracking (projector, topic, partition, next_offset, updated_at)"
                 " VALUES (%s, %s, %s, %s, now())"
@@ -383,13 +385,19 @@ class _Chaining:
         for p, head in self._heads.items():
             if len(head.hash) != 32:  # never extend a chain whose head is not a hash: someone edited it
                 raise ValueError(f"the head of partition {p}'s chain is not a SHA-256 hash; see `aidledger audit verify`")
+        self._start = dict(self._heads)
+        self._archived: list[tuple[int, int, str, bytes]] = []
         self._rows: list[bytes] = []
 
-    def add(self, archived: Iterable[tuple[int, int, str, bytes]]) -> None:
-        """Records just archived, as (partition, offset, event id, value), in the order archived.
-        Another archive table of ledger records chains its rows here too."""
+    def add(self, archived: Sequence[tuple[int, int, str, bytes]]) -> None:
+        """Records just archived, as (partition, offset, event id, value), in log order per
+        partition and after everything added before."""
+        self._archived += archived
+        self._rows += self._packed(archived)
+
+    def _packed(self, archived: Iterable[tuple[int, int, str, bytes]]) -> list[bytes]:
         fromhex = bytes.fromhex
-        self._rows += [
+        return [
             _CHAIN_ROW(7, 4, p, 8, position, 8, offset, 16, fromhex(event_id.replace("-", "")), 32, digest, 32, prev, 32, h)
             for p, position, offset, event_id, digest, prev, h in chain.extend(self._heads, archived)
         ]
@@ -397,6 +405,18 @@ class _Chaining:
     def add_events(self, rows: Sequence[tuple]) -> None:
         """`ledger.events` rows as `_decide_events` makes them."""
         self.add([(r[_PARTITION], r[_OFFSET], r[_EVENT_ID], r[-1]) for r in rows])
+
+    def add_late(self, archived: Sequence[tuple[int, int, str, bytes]]) -> None:
+        """Records of another archive table, archived after the batch's payments (budget records):
+        the batch's chain is made again in offset order per partition, so that the chain is the
+        log's order whatever way the log was cut into batches (`aidledger audit replay` compares
+        chains). They are few; rehashing a batch that holds one costs ~2 µs per row."""
+        if not archived:
+            return
+        self._archived += archived
+        self._archived.sort(key=lambda a: (a[0], a[1]))
+        self._heads = dict(self._start)
+        self._rows = self._packed(self._archived)
 
     def write(self, cur: psycopg.Cursor) -> None:
         if not self._rows:
@@ -539,6 +559,7 @@ class _MoneyOfBatch:
 
     spent: Spent
     budget: list[Record]
+    archived: list[tuple[int, int, str, bytes]] = field(default_factory=list)  # budget records archived, to chain
 
 
 def _add_spent(rows: Sequence[tuple], spent: Spent) -> None:
@@ -557,7 +578,7 @@ def _project_money(cur: psycopg.Cursor, ledger_topic: str, trail: _MoneyOfBatch 
         for (agency, programme, line), amount in trail.spent.items():
             _add_legs(deltas, money.disbursement_legs(agency, programme, line, "", amount))
         if trail.budget:
-            _project_budget(cur, trail.budget, deltas, stats)
+            trail.archived = _project_budget(cur, trail.budget, deltas, stats)
     if state_records:
         _project_reversal_decisions(cur, ledger_topic, state_records, stats)
     _post_applied_reversals(cur, deltas, stats)
@@ -576,11 +597,12 @@ _POSTINGS_INSERT = ("INSERT INTO ledger.postings (event_id, leg, account, amount
                     " \"offset\") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
 
 
-def _project_budget(cur: psycopg.Cursor, records: Sequence[Record], deltas: dict[str, int], stats: BatchStats) -> None:
+def _project_budget(cur: psycopg.Cursor, records: Sequence[Record], deltas: dict[str, int],
+                    stats: BatchStats) -> list[tuple[int, int, str, bytes]]:
     """Allocations and releases: archived keyed by event id, the first version under a key
     accepted (a later one with other content kept as not accepted, with the core's named
     outcome), and the accepted ones posted. Intake refuses other versions already; this is the
-    second line, for a log written some other way."""
+    second line, for a log written some other way. Returns what it archived, for the chain."""
     fresh: dict[str, tuple[Record, object]] = {}
     for r in records:
         [item] = codec.decode_ledger_values([r.value])
@@ -589,12 +611,12 @@ def _project_budget(cur: psycopg.Cursor, records: Sequence[Record], deltas: dict
             continue
         fresh.setdefault(item.event_id, (r, item))
     if not fresh:
-        return
+        return []
     known = {row[0] for row in cur.execute(
         "SELECT event_id::text FROM ledger.budget_events WHERE event_id = ANY(%s::uuid[])", (list(fresh),))}
     todo = [(r, e) for event_id, (r, e) in fresh.items() if event_id not in known]
     if not todo:
-        return
+        return []
     originals = {(system, ref): (record_type, event_id, codec.decode_ledger_values([bytes(value)])[0].digests())
                  for system, ref, record_type, event_id, value in cur.execute(
                      "SELECT b.source_system, b.source_ref, b.record_type, b.event_id::text, b.value"
@@ -629,6 +651,7 @@ def _project_budget(cur: psycopg.Cursor, records: Sequence[Record], deltas: dict
     if legs:
         cur.executemany(_POSTINGS_INSERT, legs)
     stats.budget_events += len(rows)
+    return [(r.partition, r.offset, e.event_id, r.value) for r, e in todo]
 
 
 def _project_reversal_decisions(cur: psycopg.Cursor, ledger_topic: str, records: Sequence[Record],

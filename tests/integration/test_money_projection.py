@@ -333,3 +333,29 @@ def test_the_person_totals_are_the_payments_net_of_applied_reversals_over_many_b
             expected[v.person_token] -= v.amount_idr
         write(conn, log.ledger(*ps, *vs) + log.changelog(taken=[*ps, *vs], applied=vs))
     assert totals(conn) == dict(expected)
+
+
+def _chain(conn) -> list[tuple]:
+    return conn.execute('SELECT partition, position, "offset", event_id::text, hash FROM ledger.chain'
+                        " ORDER BY partition, position").fetchall()
+
+
+def test_budget_records_are_chained_in_log_order_however_the_log_is_cut_into_batches(conn):
+    log = Log()
+    records = log.ledger(payment("C1"), allocation("CA", 9_000_000), payment("C2"), release("CT", 5_000_000),
+                         payment("C3"), allocation("CA", 9_000_000))  # the last: a redelivery, archived once
+    write(conn, records)
+    whole = _chain(conn)
+    assert [offset for _, _, offset, _, _ in whole] == [0, 1, 2, 3, 4]
+    for cut in (1, 2, 3, 4):
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("TRUNCATE ledger.events, ledger.chain, ledger.budget_events, ledger.postings, ledger.balances,"
+                     " ledger.person_totals, ledger.tracking")
+        conn.execute("RESET session_replication_role")
+        write(conn, records[:cut])
+        write(conn, records[cut:])
+        assert _chain(conn) == whole, cut
+    from projections.audit import verify
+
+    report = verify(conn, partitions=[0])
+    assert report.ok and report.events == 5, report.findings
