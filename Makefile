@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install demo test lint test-unit test-integration bench bench-scale clean
+.PHONY: install demo test lint test-unit test-integration bench bench-scale clean system-packages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/aidledger demo $(ARGS)
 
-test: $(STAMP) lint
+test: $(STAMP) lint system-packages
 	$(BIN)/python -m pytest tests $(ARGS)
+
+# Debian packages the tests need (chromium for the dashboard's browser test)
+system-packages:
+	bash infra/system-packages.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check --quiet --select F,E9 aidcore schemas streams projections connectors infra aidledger tests
@@ -26,7 +30,7 @@ lint: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) system-packages
 	$(BIN)/python -m pytest tests/integration $(ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-stamp

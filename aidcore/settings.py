@@ -100,7 +100,19 @@ class GatewaySettings(_Group):
     connections: int = _setting("AIDLEDGER_GATEWAY_CONNECTIONS", 4, "PostgreSQL connections of the gateway (requests wait for a free one)")
 
 
-ALL_GROUPS = (StackSettings, WorkerSettings, ProjectorSettings, RelaySettings, GatewaySettings)
+@dataclass(frozen=True)
+class DashboardSettings(_Group):
+    """The PMO web dashboard (alert feed, cases, recipients, regencies)."""
+
+    host: str = _setting("AIDLEDGER_DASHBOARD_HOST", "127.0.0.1", "address the dashboard listens on (0.0.0.0 to serve other machines, behind TLS)")
+    port: int = _setting("AIDLEDGER_DASHBOARD_PORT", 8091, "port of the PMO dashboard; `aidledger up` prints its URL")
+    connections: int = _setting("AIDLEDGER_DASHBOARD_CONNECTIONS", 4, "PostgreSQL connections of the dashboard's pages (the live feed has its own)")
+    session_hours: int = _setting("AIDLEDGER_DASHBOARD_SESSION_HOURS", 12, "how long a sign-in lasts")
+    secure_cookies: bool = _setting("AIDLEDGER_DASHBOARD_SECURE_COOKIES", False, "mark the session cookie Secure (set it when the dashboard is served over HTTPS)")
+    session_key_file: str = _setting("AIDLEDGER_DASHBOARD_SESSION_KEY_FILE", "", "hex key that signs session cookies; empty means <home>/secrets/dashboard-session.key, created on first start")
+
+
+ALL_GROUPS = (StackSettings, WorkerSettings, ProjectorSettings, RelaySettings, GatewaySettings, DashboardSettings)
 
 
 def consumer_group(stack: StackSettings) -> str:

@@ -89,6 +89,8 @@ def _print_endpoints(ep: dict) -> None:
     print(f"database url:    {ep['database_url']}{' (embedded)' if ep['embedded_postgres'] else ''}")
     if ep.get("gateway"):
         print(f"gateway:         {ep['gateway']} (OpenAPI {ep['gateway']}/openapi.json, docs {ep['gateway']}/docs)")
+    if ep.get("dashboard"):
+        print(f"dashboard:       {ep['dashboard']} (PMO web dashboard; `aidledger users add` makes sign-ins)")
     for name, url in ep["metrics"].items():
         print(f"metrics {name + ':':<12} {url}")
     print(f"topics:          {', '.join(ep['topics'].values())}", flush=True)
@@ -162,6 +164,59 @@ def cmd_gateway(args) -> int:
     serve(GatewaySettings.from_env(os.environ), GatewayContext(
         stack.database_url, token_key(stack, _home(args)), default_reference(), topics["ledger"].name,
         topics["alerts"].name))
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from aidcore.settings import DashboardSettings
+    from connectors.dashboard import DashboardContext, serve
+    from infra.stack import dashboard_session_key
+    from projections import cases, queries
+
+    stack = _stack()
+    _setup_logging(stack.log_level)
+    settings = DashboardSettings.from_env(os.environ)
+    serve(settings, DashboardContext(stack.database_url, default_reference(),
+                                     dashboard_session_key(_home(args), settings.session_key_file), cases, queries.trail))
+    return 0
+
+
+def cmd_users(args) -> int:
+    """add NAME --role R [--regency C] [--agency C] | reset NAME | disable NAME | list."""
+    import psycopg
+
+    from connectors import users
+
+    _, dsn = resolve_endpoints(_home(args))
+    if args.action != "list" and not args.name:
+        print(f"aidledger users {args.action}: name the user", file=sys.stderr)
+        return 2
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            if args.action == "list":
+                rows = users.listing(conn)
+                if args.json:
+                    _dump({"users": rows})
+                for u in rows if not args.json else ():
+                    scope = u["regency_code"] or u["agency_code"] or "all"
+                    print(f"{u['username']:<24} {u['role']:<8} {scope:<10}{'  DISABLED' if u['disabled_at'] else ''}")
+                return 0
+            if args.action == "disable":
+                users.disable(conn, args.name)
+                print(f"disabled {args.name}; their sessions end at their next request")
+                return 0
+            if args.action == "add":
+                if not args.role:
+                    print("aidledger users add: --role is required (pmo, regency, auditor or agency)", file=sys.stderr)
+                    return 2
+                issued = users.add_user(conn, args.name, args.role, args.regency, args.agency)
+            else:
+                issued = users.reset_password(conn, args.name)
+        except users.UserError as err:
+            print(f"aidledger users: {err}", file=sys.stderr)
+            return 1
+    print(f"password of {args.name} ({issued.user.role}); it is shown only now, hand it over safely:")
+    print(issued.password)
     return 0
 
 
@@ -779,6 +834,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, required=True)
     add("relay", cmd_relay, "(internal) the outbox relay process")
     add("gateway", cmd_gateway, "(internal) the HTTP gateway process")
+    add("dashboard", cmd_dashboard, "(internal) the PMO web dashboard process")
+    p = add("users", cmd_users, "users of the PMO dashboard: add one (prints a password once), issue a new"
+                                " password (reset), disable, list")
+    p.add_argument("action", choices=["add", "reset", "disable", "list"])
+    p.add_argument("name", nargs="?", help="the user name")
+    p.add_argument("--role", choices=["pmo", "regency", "auditor", "agency"],
+                   help="add: pmo (PMO officer, all regions), regency (own regency), auditor (read-only), agency (own submissions)")
+    p.add_argument("--regency", help="add, regency role: the 4-digit regency code, e.g. 1871")
+    p.add_argument("--agency", help="add, agency role: the agency code")
+    p.add_argument("--json", action="store_true")
     p = add("agencies", cmd_agencies, "agencies that submit over HTTP: add one (prints its API key once), "
                                       "issue another key, revoke, list")
     p.add_argument("action", choices=["add", "key", "revoke", "list"])
