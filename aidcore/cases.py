@@ -113,14 +113,6 @@ def actions_open_to(user: User, status: str) -> list[str]:
     return [a for a, (starts, _) in ACTIONS.items() if status in starts]
 
 
-def current_status(to_statuses: Iterable[str]) -> str:
-    """The workflow status after the transitions (their `to`, oldest first)."""
-    status = "open"
-    for status in to_statuses:
-        pass
-    return status
-
-
 def decide_transition(user: User, case_regency: str, case_agencies: Iterable[str], status: str, action: str,
                       reason: str, reversal: tuple[str, str] | None, reversal_found: bool) -> Transition | Refused:
     """The transition `user` asks for on a case now in `status`, or why it is refused.

@@ -420,10 +420,11 @@ def create_app(settings: DashboardSettings, ctx: DashboardContext) -> FastAPI:
                  ("first raised", a["first_raised_at"]), ("last raised", a["raised_at"]),
                  ("subject", f'{a["subject_kind"]} {a["subject_token"][:16]}…')]
         dl = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts)
+        person = a["subject_token"] if a["subject_kind"] == "PERSON" else ""
         lines = [f'<tr><td>{e(ln["source_system"])}/{e(ln["source_ref"])}</td><td>{e(ln["programme_code"])}</td>'
                  f'<td>{e(ln["source_type"])}</td><td class="num">{e(rp(ln["amount_idr"]))}</td>'
-                 f'<td>{e(ln["disbursed_at"])}</td><td>' + (f'<a href="/people/{e(ln["member_token"])}">recipient</a>'
-                                                             if ln["member_token"] else "") + "</td></tr>"
+                 f'<td>{e(ln["disbursed_at"])}</td><td>' + (f'<a href="/people/{e(ln["member_token"] or person)}">recipient</a>'
+                                                             if ln["member_token"] or person else "") + "</td></tr>"
                  for ln in a["events"]]
         hist = [f'<tr data-step="{t["step"]}"><td>{e(t["at"])}</td><td>{e(t["actor"])}</td><td>{e(t["role"])}</td>'
                 f'<td>{e(t["action"])}</td><td>{e(t["from_status"])} → {e(t["to_status"])}</td><td>{e(t["reason"])}</td>'
