@@ -23,6 +23,7 @@ CASE_COLUMNS = (
     " JOIN ledger.events e ON e.event_id = (l->>'event_id')::uuid ORDER BY 1)"
 )
 _FROM = "FROM ledger.alerts a LEFT JOIN ledger.case_status cs USING (alert_id)"
+CHANGES_MAX = 5000  # a burst beyond this reaches open feeds as its newest 5,000; a reload shows the rest
 FILTERS = ("rule_id", "regency_code", "programme_code", "period", "case_status")
 
 
@@ -47,9 +48,15 @@ def _where(filters: dict[str, str | None], scope_regency: str | None, scope_agen
     return (" WHERE " + " AND ".join(where)) if where else "", params
 
 
-def _cases(conn: psycopg.Connection, reference: Reference, tail: str, params: list) -> list[dict[str, Any]]:
+def _cases(conn: psycopg.Connection, reference: Reference, where: str, params: list, order: str,
+           limit: int) -> list[dict[str, Any]]:
+    """The alerts `where` picks, in `order`, at most `limit`: picked first, so the per-alert work
+    (agencies, references, words) is done for the page only."""
     columns = ", ".join("a." + c.strip() for c in _ALERT_COLUMNS.split(","))
-    rows = conn.execute(f"SELECT {columns}, {CASE_COLUMNS} {_FROM}{tail}", params).fetchall()
+    rows = conn.execute(
+        f"WITH picked AS (SELECT a.alert_id {_FROM}{where} ORDER BY {order} LIMIT {int(limit)})"
+        f" SELECT {columns}, {CASE_COLUMNS} FROM picked JOIN ledger.alerts a USING (alert_id)"
+        f" LEFT JOIN ledger.case_status cs USING (alert_id) ORDER BY {order}", params).fetchall()
     n = len(_ALERT_COLUMNS.split(","))
     alerts = _with_references(conn, [r[:n] for r in rows], reference)
     out = []
@@ -64,11 +71,11 @@ def cases(conn: psycopg.Connection, reference: Reference, filters: dict[str, str
           scope_regency: str | None = None, scope_agency: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
     """Alerts with their case status, newest first, filtered and confined to a scope."""
     where, params = _where(filters, scope_regency, scope_agency)
-    return _cases(conn, reference, f"{where} ORDER BY a.raised_at DESC, a.alert_id LIMIT {int(limit)}", params)
+    return _cases(conn, reference, where, params, "a.raised_at DESC, a.alert_id", limit)
 
 
 def case(conn: psycopg.Connection, reference: Reference, alert_id: str) -> dict[str, Any] | None:
-    found = _cases(conn, reference, " WHERE a.alert_id = %s", [alert_id])
+    found = _cases(conn, reference, " WHERE a.alert_id = %s", [alert_id], "a.alert_id", 1)
     return found[0] if found else None
 
 
@@ -85,8 +92,9 @@ def changes(conn: psycopg.Connection, reference: Reference, marks: tuple[int, in
     if latest == tuple(marks):
         return [], latest
     found = _cases(conn, reference, " WHERE (a.change_seq > %s AND a.change_seq <= %s) OR a.alert_id IN"
-                   " (SELECT alert_id FROM ledger.case_transitions WHERE seq > %s AND seq <= %s)"
-                   " ORDER BY a.change_seq LIMIT 5000", [marks[0], latest[0], marks[1], latest[1]])
+                   " (SELECT alert_id FROM ledger.case_transitions WHERE seq > %s AND seq <= %s)",
+                   [marks[0], latest[0], marks[1], latest[1]], "a.change_seq DESC", CHANGES_MAX)
+    found.reverse()  # oldest first, so a feed that adds each on top ends with the newest there
     return found, latest
 
 

@@ -44,6 +44,7 @@ CREATE VIEW ledger.case_status AS
 CREATE SEQUENCE ledger.alert_change_seq;
 ALTER TABLE ledger.alerts ADD COLUMN change_seq bigint NOT NULL DEFAULT nextval('ledger.alert_change_seq');
 CREATE INDEX alerts_change_seq ON ledger.alerts (change_seq);
+CREATE INDEX alerts_raised_at ON ledger.alerts (raised_at DESC);  -- the feed, newest first
 
 CREATE FUNCTION ledger.alert_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
