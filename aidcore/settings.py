@@ -113,6 +113,7 @@ def topic_names(stack: StackSettings) -> dict[str, str]:
     return {
         "ledger": f"{p}.ledger.v1",
         "alerts": f"{p}.alerts.v1",
+        "registry": f"{p}.registry.v1",
         "deadletter": f"{p}.deadletter.v1",
         # the state changelog belongs to one consumer group, like a Faust table's changelog
         "state": f"{consumer_group(stack)}-state-changelog",

@@ -127,7 +127,8 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     for p, end in sorted(marks.items()):
         if done.get(p, 0) < end:
             behind["worker"].append(f"{homes.name}[{p}] {end - done.get(p, 0)} behind")
-    for role in ("alerts", "deadletter", "state"):  # the state changelog: the stream's reversal decisions
+    # the state changelog: the stream's reversal decisions; the registry topic: imported extracts
+    for role in ("alerts", "deadletter", "state", "registry"):
         spec = topics[role]
         marks = asyncio.run(kafka.high_watermarks(bootstrap, spec.name, spec.partitions))
         for p, end in marks.items():

@@ -39,7 +39,7 @@ UNDECODABLE = Counter(
     ["role"],
 )
 PROJECTOR_NAME = "main"
-PROJECTED_ROLES = ("ledger", "alerts", "deadletter", "state")
+PROJECTED_ROLES = ("ledger", "alerts", "deadletter", "state", "registry")
 
 
 async def run_projector(database_url: str, stack: StackSettings, settings: ProjectorSettings,
@@ -80,6 +80,8 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
                 ROWS.labels("budget").inc(stats.budget_events)
                 ROWS.labels("reversal").inc(stats.reversals)
                 ROWS.labels("reversal_posted").inc(stats.reversals_posted)
+                ROWS.labels("registry").inc(stats.registry_records)
+                UNDECODABLE.labels("registry").inc(stats.registry_undecodable)
                 UNDECODABLE.labels("ledger").inc(stats.events_undecodable)
                 UNDECODABLE.labels("alerts").inc(stats.alerts_undecodable)
                 UNDECODABLE.labels("state").inc(stats.changelog_undecodable)

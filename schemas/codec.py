@@ -23,6 +23,7 @@ from fastavro.schema import parse_schema, to_parsing_canonical_form
 
 from aidcore.intake import BudgetAllocation, Disbursement, Reversal, TreasuryRelease
 from aidcore.ledger import Alert, AlertLine, Posting
+from aidcore.registries import RegistryRecord
 
 MARKER = b"\xc3\x01"
 HEADER_LEN = 10
@@ -35,7 +36,8 @@ RULEBOOK = "aidledger.ledger.RulebookActivated"
 POSTINGS = "aidledger.household.HouseholdPostings"
 ALLOCATION = "aidledger.ledger.BudgetAllocated"
 RELEASE = "aidledger.ledger.TreasuryReleased"
-RECORD_NAMES = (DISBURSEMENT, ALERT, STATE_DELTA, REVERSAL, RULEBOOK, POSTINGS, ALLOCATION, RELEASE)
+REGISTRY = "aidledger.registry.RegistryRecorded"
+RECORD_NAMES = (DISBURSEMENT, ALERT, STATE_DELTA, REVERSAL, RULEBOOK, POSTINGS, ALLOCATION, RELEASE, REGISTRY)
 LEDGER_RECORDS = (DISBURSEMENT, REVERSAL, RULEBOOK, ALLOCATION, RELEASE)  # what the ledger topic carries
 BUDGET_RECORDS = (ALLOCATION, RELEASE)  # the budget side: keyed by funding account, decided by no stream
 
@@ -342,3 +344,17 @@ def decode_postings(data: bytes | None) -> tuple[str, str, list[Posting]]:
         out.append(Posting(household.hex(), event_id, person, table[programme], table[period], amount, table[source],
                            at, table[region], b"" if original == _NO_ORIGINAL else original, recorded))
     return record["rulebook_version"], record["rulebook_text"], out
+
+
+# --- registry extracts --------------------------------------------------------------------------
+
+_REGISTRY_FIELDS = tuple(RegistryRecord.__dataclass_fields__)
+assert tuple(f["name"] for f in codec(REGISTRY).schema["fields"]) == _REGISTRY_FIELDS
+
+
+def encode_registry(r: RegistryRecord) -> bytes:
+    return codec(REGISTRY).encode({f: getattr(r, f) for f in _REGISTRY_FIELDS})
+
+
+def decode_registry(data: bytes | None) -> RegistryRecord:
+    return RegistryRecord(*codec(REGISTRY).decode(data).values())
