@@ -42,7 +42,8 @@ class CellProblem:
 
 
 def cell_value(field: str, value: object) -> object:
-    """The input value of one cell of column `field`, or the `CellProblem` that refuses it."""
+    """The input value of one cell of column `field` (its header, in any case), or the
+    `CellProblem` that refuses it."""
     if value is None:
         return ""
     if isinstance(value, str):
@@ -57,11 +58,11 @@ def cell_value(field: str, value: object) -> object:
 
 
 def _number(field: str, value: int | float) -> object:
-    if field in IDENTITY_FIELDS:
-        return CellProblem(f"{field}_stored_as_number", field,
+    if field.lower() in IDENTITY_FIELDS:
+        return CellProblem(f"{field.lower()}_stored_as_number", field,
                            f"{field} is stored as a number, which keeps only 15 significant digits and no leading"
                            f" zeros; format the column as text and enter the {field.upper()} again")
-    if field in NUMBER_FIELDS:
+    if field.lower() in NUMBER_FIELDS:
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
             return int(value)
         return value  # an int, or a fraction / huge value that intake rejects by its own code
@@ -78,9 +79,9 @@ def _number(field: str, value: int | float) -> object:
 
 
 def _moment(field: str, value: datetime | date | time) -> object:
-    if field in MOMENT_FIELDS:
+    if field.lower() in MOMENT_FIELDS:
         return value.isoformat()
-    if field in PERIOD_FIELDS:
+    if field.lower() in PERIOD_FIELDS:
         return CellProblem("period_stored_as_date", field,
                            "period is stored as a date; format the column as text and enter it as YYYY-MM")
     return CellProblem("date_in_text_field", field, f"{field} is stored as a date; format the column as text")

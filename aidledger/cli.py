@@ -400,12 +400,23 @@ def _registry_import(args, home: Path, dsn: str, registry: str, extract_date: st
     from schemas.topics import declared_topics
 
     stack = _stack()
+    from aidcore.registries import REGISTRY_FIELDS
+
+    mapping = {}
+    for item in args.map:
+        name, _, column = item.partition("=")
+        if name.strip() not in REGISTRY_FIELDS or not column.strip():
+            print(f"aidledger registries import: --map {item!r}: write FIELD=COLUMN, FIELD one of"
+                  f" {', '.join(REGISTRY_FIELDS)}", file=sys.stderr)
+            return 2
+        mapping[column.strip()] = name.strip()
     opened = _input_file(args, home, "registries import")
     if isinstance(opened, int):
         return opened
     path, report_path, bar = opened
     with psycopg.connect(dsn, autocommit=True) as conn:
-        report = import_rows(conn, _counting(read_rows(path), bar), registry=registry, extract_date=extract_date,
+        rows = _renamed(read_rows(path), mapping) if mapping else read_rows(path)
+        report = import_rows(conn, _counting(rows, bar), registry=registry, extract_date=extract_date,
                              source_name=path.name, registry_topic=declared_topics(stack)["registry"].name,
                              token_key=token_key(stack, home), reference=default_reference(), report_path=report_path)
     bar.close()
@@ -421,6 +432,15 @@ def _registry_import(args, home: Path, dsn: str, registry: str, extract_date: st
     if report.rejected:
         print(f"rejection report: {report.report_path}")
     return 0
+
+
+def _renamed(rows, mapping: dict[str, str]):
+    """Rows with their columns renamed COLUMN -> FIELD; a column that a field was mapped away from
+    is dropped, so a mapping never leaves two sources for one field."""
+    for number, row in rows:
+        if isinstance(row, dict):
+            row = {mapping.get(k, k): v for k, v in row.items() if k in mapping or k not in mapping.values()}
+        yield number, row
 
 
 def _print_disagreements(report: dict, regency: str | None) -> None:
@@ -961,6 +981,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", help="import: DTKS, P3KE or REGSOSEK")
     p.add_argument("--extract-date", help="import: the date the extract was taken, YYYY-MM-DD")
     p.add_argument("--report", help="import: rejection report path (default <home>/reports/<file>.rejections.csv)")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="import: read FIELD (nik, kk, village_code, decile, row_ref, name) from COLUMN (repeatable)")
     p.add_argument("--regency", help="report: only people some registry places in this regency (4 digits)")
     p.add_argument("--examples", type=int, default=10, help="report: example tokens per kind (default 10)")
     p.add_argument("--json", action="store_true")

@@ -177,6 +177,7 @@ def test_kill_9_mid_run_then_restart_records_every_row_exactly_once(stack, cli, 
 # --- registries -------------------------------------------------------------------------------
 
 PEOPLE = {p: make_nik(serial=700 + i) for i, p in enumerate(("P1", "P2", "P3", "P4", "P5", "P6", "P7"))}
+MAP = ("--map", "nik=NIK", "--map", "village_code=KODE_DESA")
 EXTRACTS = {
     ("DTKS", "2026-06-01"): [("P7", "1871011001", "1")],  # an older extract: not current
     ("DTKS", "2026-10-01"): [("P1", "1871011001", "1"), ("P2", "1807012003", "1"), ("P3", "1871011002", "2"),
@@ -194,16 +195,16 @@ def test_registry_extracts_and_their_disagreements(stack, cli, tmp_path):
         path = tmp_path / f"{registry}-{day}.csv"
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["NO", "nik", "name", "village_code", "decile", "address"])
+            w.writerow(["NO", "NIK", "name", "KODE_DESA", "decile", "address"])  # as an extract names them
             for n, (who, village, decile) in enumerate(rows, start=1):
                 w.writerow([n, PEOPLE.get(who, "1871014504850000"), f"Name {who}", village, decile, "Jl. Mawar"])
         reports[(registry, day)] = json.loads(cli.run("registries", "import", str(path), "--registry", registry,
-                                                      "--extract-date", day, "--json").stdout)
+                                                      "--extract-date", day, *MAP, "--json").stdout)
     p3ke = reports[("P3KE", "2026-09-15")]
     assert (p3ke["accepted"], p3ke["rejected"]) == (4, 2)
     assert p3ke["rejections_by_code"] == {"person_repeated_in_extract": 1, "nik_serial_invalid": 1}
     again = json.loads(cli.run("registries", "import", str(tmp_path / "P3KE-2026-09-15.csv"), "--registry", "P3KE",
-                               "--extract-date", "2026-09-15", "--json").stdout)
+                               "--extract-date", "2026-09-15", *MAP, "--json").stdout)
     assert (again["accepted"], again["redelivered"]) == (0, 4)
     cli.run("wait", "--timeout", "180")
 

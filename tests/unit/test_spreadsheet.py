@@ -44,6 +44,11 @@ def test_amount_cells_reach_intake_precisely():
     assert isinstance(rejected, Rejection) and rejected.code == "amount_idr_must_be_whole_rupiah"
 
 
+def test_headers_are_recognised_in_any_case():
+    assert cell_value("NIK", 1871014504850001).code == "nik_stored_as_number"
+    assert cell_value("Amount_IDR", 250000.0) == 250000
+
+
 def test_codes_typed_as_numbers_read_as_the_integer_excel_shows():
     assert cell_value("region_code", 1871011001) == "1871011001"
     assert cell_value("source_ref", 42.0) == "42"
