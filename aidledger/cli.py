@@ -134,7 +134,7 @@ def cmd_project(args) -> int:
     stack = _stack()
     _setup_logging(stack.log_level)
     settings = ProjectorSettings.from_env(os.environ)
-    start_http_server(settings.metrics_port, addr="127.0.0.1")
+    start_http_server(settings.metrics_port, addr=stack.metrics_addr)
     return _run_service(lambda stop: run_projector(stack.database_url, stack, settings, stop))
 
 
@@ -146,7 +146,7 @@ def cmd_relay(args) -> int:
     stack = _stack()
     _setup_logging(stack.log_level)
     settings = RelaySettings.from_env(os.environ)
-    start_http_server(settings.metrics_port, addr="127.0.0.1")
+    start_http_server(settings.metrics_port, addr=stack.metrics_addr)
     return _run_service(lambda stop: run_relay(stack.database_url, stack.kafka_bootstrap, settings, stop))
 
 

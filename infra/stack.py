@@ -24,7 +24,8 @@ from typing import Callable, Mapping
 
 import psycopg
 
-from aidcore.settings import GatewaySettings, ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
+from aidcore.settings import (GatewaySettings, ProjectorSettings, RelaySettings, StackSettings, WorkerSettings,
+                              local_address)
 from infra import embedded, kafka
 from projections.migrate import migrate
 from projections.queries import progress
@@ -272,9 +273,10 @@ class Stack:
 
     def endpoints(self) -> dict:
         worker = WorkerSettings.from_env(self.environ)
-        metrics = {f"worker-{i}": f"http://127.0.0.1:{worker.metrics_port + i}/metrics" for i in range(self.workers)}
-        metrics["projector"] = f"http://127.0.0.1:{ProjectorSettings.from_env(self.environ).metrics_port}/metrics"
-        metrics["relay"] = f"http://127.0.0.1:{RelaySettings.from_env(self.environ).metrics_port}/metrics"
+        host = local_address(self.stack.metrics_addr)
+        metrics = {f"worker-{i}": f"http://{host}:{worker.metrics_port + i}/metrics" for i in range(self.workers)}
+        metrics["projector"] = f"http://{host}:{ProjectorSettings.from_env(self.environ).metrics_port}/metrics"
+        metrics["relay"] = f"http://{host}:{RelaySettings.from_env(self.environ).metrics_port}/metrics"
         metrics["gateway"] = f"{self.gateway_url()}/metrics"
         return {
             "gateway": self.gateway_url(),
@@ -292,8 +294,7 @@ class Stack:
 
     def gateway_url(self) -> str:
         gateway = GatewaySettings.from_env(self.environ)
-        host = "127.0.0.1" if gateway.host in ("0.0.0.0", "") else gateway.host
-        return f"http://{host}:{gateway.port}"
+        return f"http://{local_address(gateway.host)}:{gateway.port}"
 
     def _put_rulebook_in_force(self) -> None:
         """The configured rulebook (AIDLEDGER_RULEBOOK, else the packaged default) becomes the one
