@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install demo test lint test-unit test-integration bench bench-scale clean system-packages
+.PHONY: install system-packages demo test lint test-unit test-integration bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,17 +17,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/aidledger demo $(ARGS)
 
+# Debian packages the tests use (infra/system-packages.txt): installed when missing, as root
+system-packages:
+	sh infra/system-packages.sh
+
 test: $(STAMP) lint system-packages
 	$(BIN)/python -m pytest tests $(ARGS)
-
-# Debian packages the tests need (chromium for the dashboard's browser test)
-system-packages:
-	bash infra/system-packages.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check --quiet --select F,E9 aidcore schemas streams projections connectors infra aidledger tests
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) system-packages
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
 test-integration: $(STAMP) system-packages

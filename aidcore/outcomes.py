@@ -7,6 +7,9 @@ row, a dead-letter header or a counter label. The order here is the order of the
 
 from __future__ import annotations
 
+from aidcore.registries import REGISTRY_CODES
+from aidcore.spreadsheet import SPREADSHEET_CODES
+
 ACCEPTED = "accepted"
 EXISTS = "exists"  # same idempotency key, same content: a harmless redelivery
 
@@ -215,9 +218,13 @@ GATEWAY_CODES: tuple[str, ...] = (
     "storage_unavailable",  # PostgreSQL did not commit: nothing was accepted, retry
 )
 
+# Codes of file reading before intake: a line that is not JSON or UTF-8, and the typed cells of
+# an Excel sheet (aidcore.spreadsheet), in the order a cell is checked.
+FILE_CODES: tuple[str, ...] = ("invalid_json", "invalid_text_encoding") + SPREADSHEET_CODES
+
 ALL_CODES: tuple[str, ...] = tuple(dict.fromkeys(INTAKE_CODES + REVERSAL_INTAKE_CODES + ALLOCATION_INTAKE_CODES
                                                  + RELEASE_INTAKE_CODES + STREAM_CODES + BUDGET_KEY_CODES
-                                                 + WIRE_CODES + GATEWAY_CODES))
+                                                 + WIRE_CODES + GATEWAY_CODES + FILE_CODES + REGISTRY_CODES))
 
 
 def exists_with_different(field: str) -> str:

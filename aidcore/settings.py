@@ -57,6 +57,7 @@ class StackSettings(_Group):
     log_level: str = _setting("AIDLEDGER_LOG_LEVEL", "INFO", "log level of every process")
     rulebook: str = _setting("AIDLEDGER_RULEBOOK", "", "rulebook file put in force when the stack starts (if not already in force); empty means the packaged default")
     consumer_group: str = _setting("AIDLEDGER_CONSUMER_GROUP", "", "consumer group (Faust app id) of the ledger workers; empty means aidledger-<topic prefix>-ledger")
+    metrics_addr: str = _setting("AIDLEDGER_METRICS_ADDR", "127.0.0.1", "address the /metrics endpoints of the worker, projector and relay listen on (0.0.0.0 for a Prometheus on another host or container)")
     fetch_max_wait_ms: int = _setting("AIDLEDGER_FETCH_MAX_WAIT_MS", 25, "longest a consumer's fetch waits at the broker; Tansu answers only when it expires, so this bounds latency")
 
 
@@ -77,6 +78,7 @@ class ProjectorSettings(_Group):
 
     metrics_port: int = _setting("AIDLEDGER_PROJECTOR_METRICS_PORT", 9611, "Prometheus /metrics of the projector")
     batch_max: int = _setting("AIDLEDGER_PROJECTOR_BATCH_MAX", 20000, "most records written in one transaction")
+    table_stats_interval_s: float = _setting("AIDLEDGER_PROJECTOR_TABLE_STATS_INTERVAL_S", 15.0, "how often the projector reads the projection tables' sizes from PostgreSQL's statistics for /metrics")
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,11 @@ class DashboardSettings(_Group):
 ALL_GROUPS = (StackSettings, WorkerSettings, ProjectorSettings, RelaySettings, GatewaySettings, DashboardSettings)
 
 
+def local_address(addr: str) -> str:
+    """Where a client on the same host reaches a listener bound to `addr`: loopback for a wildcard."""
+    return "127.0.0.1" if addr in ("", "0.0.0.0", "::") else addr
+
+
 def consumer_group(stack: StackSettings) -> str:
     """The ledger workers' consumer group, which is also their Faust app id."""
     return stack.consumer_group or f"aidledger-{stack.topic_prefix}-ledger"
@@ -125,6 +132,7 @@ def topic_names(stack: StackSettings) -> dict[str, str]:
     return {
         "ledger": f"{p}.ledger.v1",
         "alerts": f"{p}.alerts.v1",
+        "registry": f"{p}.registry.v1",
         "deadletter": f"{p}.deadletter.v1",
         # the state changelog belongs to one consumer group, like a Faust table's changelog
         "state": f"{consumer_group(stack)}-state-changelog",

@@ -136,7 +136,7 @@ def cmd_project(args) -> int:
     stack = _stack()
     _setup_logging(stack.log_level)
     settings = ProjectorSettings.from_env(os.environ)
-    start_http_server(settings.metrics_port, addr="127.0.0.1")
+    start_http_server(settings.metrics_port, addr=stack.metrics_addr)
     return _run_service(lambda stop: run_projector(stack.database_url, stack, settings, stop))
 
 
@@ -148,7 +148,7 @@ def cmd_relay(args) -> int:
     stack = _stack()
     _setup_logging(stack.log_level)
     settings = RelaySettings.from_env(os.environ)
-    start_http_server(settings.metrics_port, addr="127.0.0.1")
+    start_http_server(settings.metrics_port, addr=stack.metrics_addr)
     return _run_service(lambda stop: run_relay(stack.database_url, stack.kafka_bootstrap, settings, stop))
 
 
@@ -269,61 +269,249 @@ def cmd_agencies(args) -> int:
 def cmd_ingest(args) -> int:
     import psycopg
 
-    from connectors.files import progress_total, read_rows
-    from connectors.intake import Progress, ingest_rows
+    from connectors.files import read_rows
+    from connectors.intake import ingest_rows
     from infra.stack import token_key
     from schemas.topics import declared_topics
 
     home = _home(args)
     _, dsn = resolve_endpoints(home)
     stack = _stack()
-    path = Path(args.file)
-    if not path.exists():
-        print(f"aidledger: {path} does not exist", file=sys.stderr)
-        return 2
-    report_path = Path(args.report) if args.report else home / "reports" / f"{path.name}.rejections.csv"
-    bar = Progress(progress_total(path), f"ingest {path.name}", enabled=None if not args.json else False)
-    rows = read_rows(path)
+    opened = _input_file(args, home, "ingest")
+    if isinstance(opened, int):
+        return opened
+    path, report_path, bar = opened
     with psycopg.connect(dsn, autocommit=True) as conn:
         report = ingest_rows(
-            conn, _counting(rows, path, bar), source_name=path.name,
+            conn, _counting(read_rows(path), bar), source_name=path.name,
             ledger_topic=declared_topics(stack)["ledger"].name, alerts_topic=declared_topics(stack)["alerts"].name,
             token_key=token_key(stack, home), reference=default_reference(), report_path=report_path,
         )
     bar.close()
     if args.json:
         _dump(report.as_dict())
-    else:
-        print(f"{report.rows:,} rows: {report.accepted:,} accepted, {report.redelivered:,} already recorded "
-              f"(redelivered), {report.rejected:,} rejected in {report.seconds:.1f}s")
-        for code, n in report.rejections_by_code.most_common():
-            print(f"  rejected {n:>7,}  {code}")
-        if report.rejected:
-            print(f"rejection report: {report.report_path}")
+        return 0
+    print(f"{report.rows:,} rows: {report.accepted:,} accepted, {report.redelivered:,} already recorded "
+          f"(redelivered), {report.rejected:,} rejected in {report.seconds:.1f}s")
+    _print_intake_totals(report)
     return 0
 
 
-def _counting(rows, path: Path, bar):
-    total = path.stat().st_size
+def _input_file(args, home: Path, command: str):
+    """(path, rejection report path, progress bar) of an input file, or the exit code when it
+    cannot be read. The bar draws on a terminal only, and never with --json."""
+    from connectors.files import estimated_rows, file_format
+    from connectors.intake import Progress
+
+    path = Path(args.file)
+    if not path.exists():
+        print(f"aidledger: {path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        file_format(path)
+    except ValueError as err:
+        print(f"aidledger {command}: {err}", file=sys.stderr)
+        return 2
+    report_path = Path(args.report) if args.report else home / "reports" / f"{path.name}.rejections.csv"
+    bar = Progress(0, f"{command.split()[0]} {path.name}", enabled=None if not args.json else False)
+    if bar.enabled:
+        bar.total = estimated_rows(path)
+    return path, report_path, bar
+
+
+def _print_intake_totals(report) -> None:
+    """Accepted records and rupiah per programme (reversals and budget records on their own
+    lines), then the rejections by code."""
+    for programme in sorted(report.accepted_by_programme):
+        print(f"  accepted {report.accepted_by_programme[programme]:>7,}  {programme:<16} "
+              f"{_rp(report.accepted_idr_by_programme[programme])}")
+    for code, n in report.rejections_by_code.most_common():
+        print(f"  rejected {n:>7,}  {code}")
+    if report.rejected:
+        print(f"rejection report: {report.report_path}")
+
+
+def _counting(rows, bar):
     n = 0
     for item in rows:
         n += 1
-        if n % 5000 == 0:
-            bar.update(int(total * min(1.0, n / max(1, _estimate_rows(path)))), n)
+        if n % 1000 == 0:
+            bar.update(min(n, bar.total), n)
         yield item
-    bar.update(total, n)
+    bar.total = max(n, 1)
+    bar.update(n, n)
 
 
-_ESTIMATES: dict[Path, int] = {}
+# --- database and registry sources -------------------------------------------------------------
+
+def cmd_poll_db(args) -> int:
+    """Poll an agency table by its watermark column and submit its new rows."""
+    import signal
+    import threading
+
+    import psycopg
+
+    from connectors import dbsource
+    from connectors.rulebooks import active_rulebook
+    from infra.stack import token_key
+    from schemas.topics import declared_topics
+
+    home = _home(args)
+    _, dsn = resolve_endpoints(home)
+    stack = _stack()
+    reference = default_reference()
+    try:
+        source = dbsource.TableSource(args.name or args.table, args.table, args.watermark, args.key,
+                                      dbsource.parse_mapping(args.map))
+    except dbsource.SourceError as err:
+        print(f"aidledger poll-db: {err}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stop.set())
+    topics = declared_topics(stack)
+
+    def progress(report) -> None:
+        if not args.json and sys.stderr.isatty():
+            sys.stderr.write(f"\rpoll-db {source.name}: {report.rows:,} rows read, {report.accepted:,} accepted,"
+                             f" {report.rejected:,} rejected")
+            sys.stderr.flush()
+
+    try:
+        with psycopg.connect(args.dsn, autocommit=True) as agency, psycopg.connect(dsn, autocommit=True) as ledger:
+            agency.execute("SET TimeZone = 'UTC'")  # the watermark's text form must read back the same
+            report = dbsource.poll(
+                agency, ledger, source, batch_rows=args.batch_rows, poll_interval_s=args.poll_interval_s,
+                once=args.once, should_stop=stop.is_set, wait=stop.wait, ledger_topic=topics["ledger"].name,
+                alerts_topic=topics["alerts"].name, token_key=token_key(stack, home), reference=reference,
+                rulebook_of=lambda: active_rulebook(ledger, reference), on_batch=progress)
+            position = next(p for p in dbsource.positions(ledger) if p["source"] == source.name)
+    except dbsource.SourceError as err:
+        print(f"aidledger poll-db: {err}", file=sys.stderr)
+        return 2
+    if not args.json and sys.stderr.isatty():
+        sys.stderr.write("\n")
+    if args.json:
+        _dump({**report.as_dict(), "position": position})
+        return 0
+    print(f"{source.table}: {report.rows:,} rows read: {report.accepted:,} accepted, {report.redelivered:,} already"
+          f" recorded, {report.rejected:,} rejected; position {source.watermark} = {position['watermark']}"
+          f" ({position['keys_at_watermark']} row(s) at that value)")
+    _print_intake_totals(report)
+    if report.rejected:
+        print(f"rejections: ledger.intake_rejections, batch {report.batch_id}")
+    return 0
 
 
-def _estimate_rows(path: Path) -> int:
-    if path not in _ESTIMATES:
-        with open(path, "rb") as f:
-            head = f.read(1 << 20)
-        lines = max(1, head.count(b"\n"))
-        _ESTIMATES[path] = max(1, int(path.stat().st_size / (len(head) / lines)))
-    return _ESTIMATES[path]
+def cmd_registries(args) -> int:
+    """import --registry NAME --extract-date DATE FILE | report [--regency CODE] | extracts."""
+    from datetime import date
+
+    import psycopg
+
+    from aidcore.registries import REGISTRIES, disagreements
+    from projections.registries import current_registries, extracts
+
+    home = _home(args)
+    _, dsn = resolve_endpoints(home)
+    if args.action == "report":
+        with psycopg.connect(dsn) as conn:
+            report = disagreements(current_registries(conn, args.regency), regency=args.regency,
+                                   examples_per_kind=args.examples)
+        if args.json:
+            _dump(report.as_dict())
+            return 0
+        _print_disagreements(report.as_dict(), args.regency)
+        return 0
+    if args.action == "extracts":
+        with psycopg.connect(dsn) as conn:
+            items = extracts(conn)
+        if args.json:
+            _dump({"extracts": items})
+        for e in items if not args.json else ():
+            print(f"{e['registry']:<9} {e['extract_date']} {e['people']:>10,} people{'  (current)' if e['current'] else ''}")
+        return 0
+    if not args.file or not args.registry or not args.extract_date:
+        print("aidledger registries import: give --registry, --extract-date and the extract file", file=sys.stderr)
+        return 2
+    registry = args.registry.upper()
+    if registry not in REGISTRIES:
+        print(f"aidledger registries import: --registry must be one of {', '.join(REGISTRIES)}", file=sys.stderr)
+        return 2
+    try:
+        extract_date = date.fromisoformat(args.extract_date).isoformat()
+    except ValueError:
+        print("aidledger registries import: --extract-date must be YYYY-MM-DD", file=sys.stderr)
+        return 2
+    return _registry_import(args, home, dsn, registry, extract_date)
+
+
+def _registry_import(args, home: Path, dsn: str, registry: str, extract_date: str) -> int:
+    import psycopg
+
+    from connectors.files import read_rows
+    from connectors.registries import import_rows
+    from infra.stack import token_key
+    from schemas.topics import declared_topics
+
+    stack = _stack()
+    from aidcore.registries import REGISTRY_FIELDS
+
+    mapping = {}
+    for item in args.map:
+        name, _, column = item.partition("=")
+        if name.strip() not in REGISTRY_FIELDS or not column.strip():
+            print(f"aidledger registries import: --map {item!r}: write FIELD=COLUMN, FIELD one of"
+                  f" {', '.join(REGISTRY_FIELDS)}", file=sys.stderr)
+            return 2
+        mapping[column.strip()] = name.strip()
+    opened = _input_file(args, home, "registries import")
+    if isinstance(opened, int):
+        return opened
+    path, report_path, bar = opened
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = _renamed(read_rows(path), mapping) if mapping else read_rows(path)
+        report = import_rows(conn, _counting(rows, bar), registry=registry, extract_date=extract_date,
+                             source_name=path.name, registry_topic=declared_topics(stack)["registry"].name,
+                             token_key=token_key(stack, home), reference=default_reference(), report_path=report_path)
+    bar.close()
+    if args.json:
+        _dump(report.as_dict())
+        return 0
+    print(f"{registry} extract of {extract_date}: {report.rows:,} rows: {report.accepted:,} people recorded, "
+          f"{report.redelivered:,} already recorded, {report.rejected:,} rejected in {report.seconds:.1f}s")
+    for regency, n in sorted(report.accepted_by_regency.items()):
+        print(f"  recorded {n:>9,}  {regency} {default_reference().regency_name(regency)}")
+    for code, n in report.rejections_by_code.most_common():
+        print(f"  rejected {n:>9,}  {code}")
+    if report.rejected:
+        print(f"rejection report: {report.report_path}")
+    return 0
+
+
+def _renamed(rows, mapping: dict[str, str]):
+    """Rows with their columns renamed COLUMN -> FIELD; a column that a field was mapped away from
+    is dropped, so a mapping never leaves two sources for one field."""
+    for number, row in rows:
+        if isinstance(row, dict):
+            row = {mapping.get(k, k): v for k, v in row.items() if k in mapping or k not in mapping.values()}
+        yield number, row
+
+
+def _print_disagreements(report: dict, regency: str | None) -> None:
+    names = default_reference().regency_name
+    compared = ", ".join(report["registries"]) or "none"
+    print(f"registries compared: {compared}; {report['people']:,} people"
+          f"{' with an entry in ' + regency + ' ' + names(regency) if regency else ''}")
+    if len(report["registries"]) < 2:
+        print("import at least two registries to compare them")
+    for kind, n in report["by_kind"].items():
+        print(f"  {kind:<22} {n:>9,}")
+    for code, kinds in report["by_regency"].items():
+        print(f"  {code} {names(code):<28} " + "  ".join(f"{k} {n:,}" for k, n in kinds.items()))
+    for kind, items in report["examples"].items():
+        for e in items:
+            print(f"  e.g. {kind}: {e['person_token']} {orjson.dumps(e['detail']).decode()}")
 
 
 # --- wait -----------------------------------------------------------------------------------
@@ -774,7 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=int, default=120_000)
     p.add_argument("--seed", type=int, default=20261122)
     p.add_argument("--keep-running", action="store_true", help="leave the stack running after the summary")
-    p = add("ingest", cmd_ingest, "validate a JSON Lines or CSV file and record its disbursements")
+    p = add("ingest", cmd_ingest, "validate a JSON Lines, CSV or Excel (.xlsx) file and record its disbursements")
     p.add_argument("file")
     p.add_argument("--report", help="rejection report path (default <home>/reports/<file>.rejections.csv)")
     p.add_argument("--json", action="store_true")
@@ -827,6 +1015,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paced-rate", type=int, default=5000, help="offered events/s in the latency phase")
     p.add_argument("--paced-seconds", type=float, default=10.0)
     p.add_argument("--out", default="bench/results/latest.json")
+    p = add("poll-db", cmd_poll_db, "poll an agency's PostgreSQL table by a watermark column and record its new rows"
+                                     " (its position is kept in the ledger, committed with the rows)")
+    p.add_argument("--dsn", required=True, help="the agency database (libpq connection string or URL)")
+    p.add_argument("--table", required=True, help="schema.table to read")
+    p.add_argument("--watermark", required=True, help="the column rows are read in order of (e.g. updated_at, id)")
+    p.add_argument("--key", default="source_ref",
+                   help="a unique column ordering rows that share a watermark value (default source_ref)")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="read input field FIELD from COLUMN (repeatable; default: the column of the field's name)")
+    p.add_argument("--name", help="the source's name, under which its position is kept (default: the table)")
+    p.add_argument("--batch-rows", type=int, default=1000, help="rows per transaction (default 1000)")
+    p.add_argument("--poll-interval-s", type=float, default=5.0, help="wait between polls once caught up (default 5)")
+    p.add_argument("--once", action="store_true", help="read until the table has nothing new, then exit")
+    p.add_argument("--json", action="store_true")
+    p = add("registries", cmd_registries, "national poverty registries: import an extract (DTKS, P3KE, REGSOSEK),"
+                                          " list the extracts, report where the registries disagree")
+    p.add_argument("action", choices=["import", "report", "extracts"])
+    p.add_argument("file", nargs="?", help="import: the extract (.csv, .xlsx or .jsonl)")
+    p.add_argument("--registry", help="import: DTKS, P3KE or REGSOSEK")
+    p.add_argument("--extract-date", help="import: the date the extract was taken, YYYY-MM-DD")
+    p.add_argument("--report", help="import: rejection report path (default <home>/reports/<file>.rejections.csv)")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="import: read FIELD (nik, kk, village_code, decile, row_ref, name) from COLUMN (repeatable)")
+    p.add_argument("--regency", help="report: only people some registry places in this regency (4 digits)")
+    p.add_argument("--examples", type=int, default=10, help="report: example tokens per kind (default 10)")
+    p.add_argument("--json", action="store_true")
     p = add("worker", cmd_worker, "(internal) one ledger worker process")
     p.add_argument("--index", type=int, default=0)
     add("project", cmd_project, "(internal) the projector process")

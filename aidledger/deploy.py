@@ -24,7 +24,7 @@ import sys
 import urllib.request
 from typing import Mapping
 
-from aidcore.settings import ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
+from aidcore.settings import ProjectorSettings, RelaySettings, StackSettings, WorkerSettings, local_address
 from schemas.topics import TopicSpec, declared_topics
 
 # the CLI subcommand of each long-running process -> the settings group holding its metrics port
@@ -124,7 +124,8 @@ def metrics_port(process: str, environ: Mapping[str, str]) -> int:
 
 
 def cmd_health(process: str, environ: Mapping[str, str]) -> int:
-    url = f"http://127.0.0.1:{metrics_port(process, environ)}/metrics"
+    host = local_address(StackSettings.from_env(environ).metrics_addr)
+    url = f"http://{host}:{metrics_port(process, environ)}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1

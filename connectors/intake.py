@@ -188,7 +188,7 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
     for number, raw in chunk:
         report.rows += 1
         if isinstance(raw, RowError):
-            reject(number, raw, raw.code, None, raw.message)
+            reject(number, raw, raw.code, raw.field, raw.message)
             continue
         outcome = validate_any(raw, reference=reference, token_key=token_key, now_us=now_us)
         if isinstance(outcome, Rejection):
@@ -311,6 +311,12 @@ def _write(cur, new_keys, outbox_rows, identities: dict, households: dict) -> se
         _copy_upsert(cur, "vault.household", ("kk_token", "kk"), households.values())
     cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return inserted
+
+
+def write_outbox(cur, outbox_rows, identities: dict, households: dict) -> set[str]:
+    """Records that need no idempotency key of the ledger's (registry extracts): their outbox rows
+    and vault rows, in the caller's transaction; returns the event ids new to the outbox."""
+    return _write(cur, [], outbox_rows, identities, households)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from typing import Callable, Mapping
 
 import psycopg
 
-from aidcore.settings import DashboardSettings, GatewaySettings, ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
+from aidcore.settings import (DashboardSettings, GatewaySettings, ProjectorSettings, RelaySettings, StackSettings,
+                              WorkerSettings, local_address)
 from infra import embedded, kafka
 from projections.migrate import migrate
 from projections.queries import progress
@@ -148,7 +149,8 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     for p, end in sorted(marks.items()):
         if done.get(p, 0) < end:
             behind["worker"].append(f"{homes.name}[{p}] {end - done.get(p, 0)} behind")
-    for role in ("alerts", "deadletter", "state"):  # the state changelog: the stream's reversal decisions
+    # the state changelog: the stream's reversal decisions; the registry topic: imported extracts
+    for role in ("alerts", "deadletter", "state", "registry"):
         spec = topics[role]
         marks = asyncio.run(kafka.high_watermarks(bootstrap, spec.name, spec.partitions))
         for p, end in marks.items():
@@ -295,9 +297,10 @@ class Stack:
 
     def endpoints(self) -> dict:
         worker = WorkerSettings.from_env(self.environ)
-        metrics = {f"worker-{i}": f"http://127.0.0.1:{worker.metrics_port + i}/metrics" for i in range(self.workers)}
-        metrics["projector"] = f"http://127.0.0.1:{ProjectorSettings.from_env(self.environ).metrics_port}/metrics"
-        metrics["relay"] = f"http://127.0.0.1:{RelaySettings.from_env(self.environ).metrics_port}/metrics"
+        host = local_address(self.stack.metrics_addr)
+        metrics = {f"worker-{i}": f"http://{host}:{worker.metrics_port + i}/metrics" for i in range(self.workers)}
+        metrics["projector"] = f"http://{host}:{ProjectorSettings.from_env(self.environ).metrics_port}/metrics"
+        metrics["relay"] = f"http://{host}:{RelaySettings.from_env(self.environ).metrics_port}/metrics"
         metrics["gateway"] = f"{self.gateway_url()}/metrics"
         return {
             "gateway": self.gateway_url(),
@@ -316,13 +319,11 @@ class Stack:
 
     def gateway_url(self) -> str:
         gateway = GatewaySettings.from_env(self.environ)
-        host = "127.0.0.1" if gateway.host in ("0.0.0.0", "") else gateway.host
-        return f"http://{host}:{gateway.port}"
+        return f"http://{local_address(gateway.host)}:{gateway.port}"
 
     def dashboard_url(self) -> str:
         dashboard = DashboardSettings.from_env(self.environ)
-        host = "127.0.0.1" if dashboard.host in ("0.0.0.0", "") else dashboard.host
-        return f"http://{host}:{dashboard.port}"
+        return f"http://{local_address(dashboard.host)}:{dashboard.port}"
 
     def _put_rulebook_in_force(self) -> None:
         """The configured rulebook (AIDLEDGER_RULEBOOK, else the packaged default) becomes the one

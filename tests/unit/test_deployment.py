@@ -16,7 +16,10 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import re
+import shutil
+import subprocess
 from dataclasses import fields
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -389,7 +392,29 @@ def test_the_registry_holds_the_metrics_of_every_process(registry):
     for name in ("aidledger_worker_events_total", "aidledger_projector_lag_records", "aidledger_relay_published_total",
                  "aidledger_ingest_to_alert_seconds_bucket"):
         assert name in registry
-    assert registry["aidledger_worker_consumer_lag_records"] == {"partition"}
+    assert registry["aidledger_worker_consumer_lag_records"] == {"topic", "partition"}
+    assert registry["aidledger_worker_alerts_total"] == {"rule_id", "regency_code"}
+    assert registry["aidledger_projection_table_rows"] == {"table"}
+
+
+# units last, counters in _total, histograms in a base unit; no label that could carry a person
+UNIT_SUFFIXES = ("_seconds", "_bytes", "_records", "_rows", "_partitions", "_persons", "_households")
+PERSONAL_LABEL = re.compile(r"nik|token|person|name|kk", re.I)
+
+
+def test_every_metric_follows_the_prometheus_naming_conventions(registry):
+    families = {family.name: family.type for family in REGISTRY.collect() if family.name.startswith("aidledger_")}
+    assert families
+    for name, kind in families.items():
+        assert re.fullmatch(r"aidledger_[a-z0-9_]+", name), name
+        if kind == "counter":
+            assert f"{name}_total" in registry and not name.endswith("_total"), name
+        elif kind == "histogram":
+            assert name.endswith(("_seconds", "_bytes")), f"{name}: a histogram is in a base unit"
+        elif kind == "gauge":
+            assert name.endswith(UNIT_SUFFIXES), f"{name}: a gauge names its unit last"
+    for series, labels in registry.items():
+        assert not [label for label in labels if PERSONAL_LABEL.search(label)], f"{series}: {labels}"
 
 
 # --- PromQL: which metrics and labels an expression uses ------------------------------------------
@@ -509,7 +534,14 @@ def test_every_alert_rule_uses_only_metrics_and_labels_of_the_code(rule, registr
     problems = promql_problems(rule["expr"], registry, shown)
     assert not problems, f"{rule['alert']}: {problems}"
     assert rule["labels"]["severity"] in {"critical", "warning", "info"}
-    assert rule["annotations"]["summary"]
+    assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), f"{rule['alert']}: every rule says how long it must hold"
+
+
+def test_the_operations_guide_says_what_to_do_for_every_alert():
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = [rule["alert"] for rule in alert_rules() if f"`{rule['alert']}`" not in guide]
+    assert not missing, f"docs/operations.md does not explain {missing}"
 
 
 def test_the_alert_rule_tests_feed_series_the_code_defines(registry):
@@ -527,9 +559,26 @@ def test_the_alert_rule_tests_feed_series_the_code_defines(registry):
 
 
 def test_the_alert_rules_cover_stalls_lag_dead_letters_and_duplicate_spikes():
-    names = {rule["alert"] for rule in alert_rules()}
-    assert {"AidledgerWorkersStalled", "AidledgerConsumerLagGrowing", "AidledgerDeadLetterRateHigh",
-            "AidledgerDuplicateAlertSpike"} <= names
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    assert {"AidledgerTargetDown", "AidledgerPipelineStalled", "AidledgerWorkersStalled", "AidledgerConsumerLagGrowing",
+            "AidledgerDeadLetterRateHigh", "AidledgerDuplicateAlertSpike"} <= set(rules)
+    spike = promql_uses(rules["AidledgerDuplicateAlertSpike"]["expr"])
+    assert "regency_code" in spike[1], "the duplicate spike is watched per regency"
+
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"),
+                    reason="promtool is not installed (infra/system-packages.sh installs Debian's prometheus)")
+@pytest.mark.parametrize("args", [["check", "config", "prometheus.yml"], ["test", "rules", "alerts_test.yml"]],
+                         ids=["check-config", "test-rules"])
+def test_promtool_accepts_the_config_and_the_rule_tests_pass(args):
+    """Prometheus's own checker and rule unit tests: each alert fires on its case, with its labels
+    and annotations, and stays quiet on its look-alike (alerts_test.yml)."""
+    assert PROMTOOL, "promtool is missing: run infra/system-packages.sh"
+    done = subprocess.run([PROMTOOL, *args], cwd=MONITORING, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # --- the dashboard --------------------------------------------------------------------------------
