@@ -42,8 +42,8 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/aidledger bench $(ARGS)
 
-# opt-in, Lampung scale: 10 million events replayed into fresh projections (about 6 GiB of memory,
-# 15-20 minutes in all); ARGS="--events 200000" for a smoke run, --profile to sample it with py-spy
+# opt-in, Lampung scale: 10 million events replayed into fresh projections (needs ~7 GiB of free
+# memory and ~15 minutes); ARGS="--events 200000" for a smoke run, --profile to sample it with py-spy
 bench-scale: $(BENCH_STAMP)
 	$(BIN)/python -m aidledger.bench_scale $(ARGS)
 
