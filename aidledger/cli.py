@@ -156,12 +156,24 @@ def cmd_gateway(args) -> int:
     from infra.stack import token_key
     from schemas.topics import declared_topics
 
+    from connectors.door import Door
+
     stack = _stack()
     _setup_logging(stack.log_level)
     topics = declared_topics(stack)
-    serve(GatewaySettings.from_env(os.environ), GatewayContext(
-        stack.database_url, token_key(stack, _home(args)), default_reference(), topics["ledger"].name,
-        topics["alerts"].name))
+    door = None
+    if stack.kafka_bootstrap:  # the submissions topic's door runs beside the HTTP door
+        door = Door(bootstrap=stack.kafka_bootstrap, database_url=stack.database_url, reference=default_reference(),
+                    topics={role: spec.name for role, spec in topics.items()},
+                    group=f"aidledger-{stack.topic_prefix}-door", fetch_max_wait_ms=stack.fetch_max_wait_ms)
+        door.start()
+    try:
+        serve(GatewaySettings.from_env(os.environ), GatewayContext(
+            stack.database_url, token_key(stack, _home(args)), default_reference(), topics["ledger"].name,
+            topics["alerts"].name))
+    finally:
+        if door is not None:
+            door.close()
     return 0
 
 
