@@ -522,9 +522,11 @@ def cmd_deadletters(args) -> int:
             if not args.code:
                 print("aidledger deadletters replay: --code is required", file=sys.stderr)
                 return 2
-            result = deadletters.replay(conn, code=args.code, ledger_topic=declared_topics(_stack())["ledger"].name)
+            topics = declared_topics(_stack())
+            result = deadletters.replay(conn, code=args.code, ledger_topic=topics["ledger"].name,
+                                        submissions_topic=topics["submissions"].name)
             _dump(result) if args.json else print(
-                f"{result['queued']} dead letters of {args.code} sent back to the ledger"
+                f"{result['queued']} dead letters of {args.code} sent back to where they came from"
                 f" ({result['already_replayed']} replayed before, {result['skipped']} not replayable)")
             return 0
         items = deadletters.listing(conn, code=args.code, limit=args.limit)

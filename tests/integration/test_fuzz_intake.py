@@ -319,6 +319,16 @@ def run(stack):
             "total_s": time.monotonic() - started, "categories": Counter(bad_categories)}
 
 
+def _samples(url: str) -> dict[tuple[str, str], float]:
+    """(metric, its outcome or code label) -> value, from a process's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        text = response.read().decode()
+    return {(s.name, s.labels.get("outcome") or s.labels.get("code", "")): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def _event_id(value: bytes | None) -> str | None:
     if value is None:
         return None
@@ -379,6 +389,17 @@ def test_every_bad_input_gets_its_code_and_every_good_one_is_in_the_ledger_once(
             keys[(getattr(d, "person_token", None), getattr(d, "source_system", None), getattr(d, "source_ref", None))] += 1
     not_once = [(t, s, r) for _, _, t, s, r in rows if keys[(t, s, r)] != 1]
     assert not not_once, f"seed {SEED}: {len(not_once)} good records not in the stream's state exactly once"
+
+    # a counter by code at each door, equal to what was refused there
+    counted = {name: _samples(url) for name, url in stack.endpoints()["metrics"].items()}
+    gateway_codes = Counter(code for _, status, code, _ in run["gateway_answers"] if status != 202)
+    door_codes = Counter(code for _, code in run["topic_sent"].values())
+    for code, n in gateway_codes.items():
+        assert counted["gateway"].get(("aidledger_gateway_records_total", code)) == n, code
+    for code, n in door_codes.items():
+        assert counted["gateway"].get(("aidledger_door_records_total", code)) == n, code
+    assert counted["worker-0"].get(("aidledger_worker_rejections_total", "reversal_original_unknown")) == len(
+        run["by_event"])
 
     # neither the worker nor the gateway (the door) restarted
     for name, pid in run["pids"].items():
@@ -473,3 +494,39 @@ def test_no_clear_nik_in_topics_dead_letters_logs_or_metrics(run):
         with urllib.request.urlopen(url, timeout=30) as response:
             scan(f"/metrics of {name}", response.read())
     assert not leaks, f"clear NIK-like digits found: {leaks[:10]}"
+
+
+def test_dead_letters_of_the_door_replay_once_after_the_registry_is_fixed(run):
+    """The direct producer's records refused as out of scope are listed by code; once the agency
+    is registered for them, a replay puts each in the ledger once, and a second replay sends none."""
+    stack = run["stack"]
+    cli = Cli(stack)
+    listed = json.loads(cli.run("deadletters", "--code", "agency_out_of_scope", "--json").stdout)
+    submissions = stack.endpoints()["topics"]["submissions"]
+    mine = [d for d in listed["deadletters"] if d["source"]["topic"] == submissions]
+    expected = sum(1 for category, _ in run["topic_sent"].values() if category == "out_of_scope_agency")
+    assert len(mine) == expected > 0 and all(d["stage"] == "door" and d["event_id"] for d in mine)
+    event_ids = [d["event_id"] for d in mine]
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger.events WHERE event_id = ANY(%s::uuid[])",
+                            (event_ids,)).fetchone()[0] == 0
+        # the fix: the agency is now registered for that source system and those programmes
+        conn.execute("UPDATE ledger.agencies SET source_systems = source_systems || %s::text,"
+                     " programmes = ARRAY['PKH', 'BPNT', 'PIP'] WHERE agency_code = %s", (SDK_SYSTEM, OTHER_AGENCY))
+    first = json.loads(cli.run("deadletters", "replay", "--code", "agency_out_of_scope", "--json").stdout)
+    assert first["queued"] == expected and first["skipped"] == 0
+    second = json.loads(cli.run("deadletters", "replay", "--code", "agency_out_of_scope", "--json").stdout)
+    assert second["queued"] == 0 and second["already_replayed"] == expected
+
+    def in_ledger() -> int:
+        with psycopg.connect(stack.database_url) as conn:
+            return conn.execute("SELECT count(*) FROM ledger.events WHERE accepted AND event_id = ANY(%s::uuid[])",
+                                (event_ids,)).fetchone()[0]
+
+    wait_until(lambda: in_ledger() == len(set(event_ids)), 120, "the replayed records in the ledger", poll_s=1.0)
+    with psycopg.connect(stack.database_url) as conn:
+        outbox = conn.execute("SELECT count(*) FROM ledger.outbox WHERE topic = %s", (submissions,)).fetchone()[0]
+        again = conn.execute("SELECT count(*) FROM ledger.deadletters WHERE code = 'agency_out_of_scope'"
+                             " AND replayed_at IS NULL").fetchone()[0]
+    assert outbox == expected  # each replayed once
+    assert again == 0  # none refused again
