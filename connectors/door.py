@@ -149,8 +149,12 @@ class Door:
                     self.topics["submissions"], bootstrap_servers=self.bootstrap, group_id=self.group,
                     enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=self.fetch_max_wait_ms,
                     max_poll_records=2000, session_timeout_ms=6000, heartbeat_interval_ms=1000,
-                    max_partition_fetch_bytes=4 * 1024 * 1024)
-                producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2)
+                    max_partition_fetch_bytes=4 * 1024 * 1024,
+                    # after a broker lost its log, the stack creates the topic with its partition
+                    # count: never let this consumer's metadata request create it with the default
+                    allow_auto_create_topics=False)
+                producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
+                                         allow_auto_create_topics=False)
                 conn = psycopg.connect(self.database_url, autocommit=True)
                 log.info("door reading %s", self.topics["submissions"])
                 while not self.stop.is_set():

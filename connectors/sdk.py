@@ -75,7 +75,8 @@ class AgencyProducer:
             from kafka import KafkaProducer
 
             config = {"acks": "all", "enable_idempotence": True, "retries": 2_147_483_647,
-                      "max_in_flight_requests_per_connection": 5, "linger_ms": 5, "compression_type": None}
+                      "max_in_flight_requests_per_connection": 5, "linger_ms": 5, "compression_type": None,
+                      "allow_auto_create_topics": False}  # topics are created with their partition count
             config.update(producer_config)
             producer = KafkaProducer(bootstrap_servers=bootstrap, **config)
         self.producer = producer

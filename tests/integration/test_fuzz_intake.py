@@ -530,3 +530,38 @@ def test_dead_letters_of_the_door_replay_once_after_the_registry_is_fixed(run):
                              " AND replayed_at IS NULL").fetchone()[0]
     assert outbox == expected  # each replayed once
     assert again == 0  # none refused again
+
+
+def test_records_the_sdk_sends_twice_are_in_the_ledger_once(run):
+    """A record retried by the same producer and sent again by a restarted agency system is one
+    ledger entry: the door answers the second `exists`."""
+    stack = run["stack"]
+    key = token_key(stack.stack, stack.home)
+    topic = stack.endpoints()["topics"]["submissions"]
+    rng = random.Random(SEED + 1)
+    records = [_record(50_000 + i, SDK_SYSTEM, rng) for i in range(200)]
+    before = _samples(stack.endpoints()["metrics"]["gateway"]).get(("aidledger_door_records_total", "exists"), 0)
+    event_ids = []
+    for attempt in range(2):  # the second time as a restarted system would: a new producer
+        with AgencyProducer(stack.bootstrap, token_key=key, topic=topic) as producer:
+            sent = [producer.send(r) for r in records] + [producer.send(r) for r in records[:50]]
+            producer.flush(60)
+        assert all(isinstance(s, Sent) for s in sent)
+        event_ids.append([s.event_id for s in sent])
+    assert event_ids[0] == event_ids[1]
+    ids = sorted(set(event_ids[0]))
+    assert len(ids) == 200
+
+    def counts() -> tuple[int, int, int]:
+        with psycopg.connect(stack.database_url) as conn:
+            return conn.execute(
+                "SELECT (SELECT count(*) FROM ledger.events WHERE event_id = ANY(%(ids)s::uuid[])),"
+                " (SELECT count(*) FROM ledger.outbox WHERE event_id = ANY(%(ids)s::uuid[])),"
+                " (SELECT count(*) FROM ledger.intake_keys WHERE event_id = ANY(%(ids)s::uuid[]))",
+                {"ids": ids}).fetchone()
+
+    wait_until(lambda: counts()[0] == 200, 120, "the records in the ledger", poll_s=0.5)
+    wait_until(lambda: _samples(stack.endpoints()["metrics"]["gateway"]).get(("aidledger_door_records_total", "exists"),
+                                                                            0) - before == 300,
+               60, "the door to have read every resend", poll_s=0.5)
+    assert counts() == (200, 200, 200)
