@@ -26,9 +26,10 @@ from typing import Any, Callable, Mapping
 
 from aidcore.intake import Accepted, AcceptedReversal, Rejection, validate_any
 from aidcore.reference import Reference, default_reference
+from aidcore.settings import StackSettings, topic_names
 from schemas import codec
 
-DIRECT_RECORD_TYPES = ("disbursement", "reversal")
+DEFAULT_TOPIC = topic_names(StackSettings())["submissions"]  # under the default prefix; pass `topic` for another
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ class AgencyProducer:
     `send` returns a `Sent` or a `Rejection`; `flush` waits until every sent record is acked.
     """
 
-    def __init__(self, bootstrap: str, *, token_key: bytes, topic: str = "aid.submissions.v1",
+    def __init__(self, bootstrap: str, *, token_key: bytes, topic: str = DEFAULT_TOPIC,
                  reference: Reference | None = None, now_us: Callable[[], int] | None = None,
                  producer: Any = None, **producer_config: Any):
         self.topic = topic
