@@ -195,6 +195,17 @@ WIRE_CODES: tuple[str, ...] = (
     "avro_marker_invalid",
     "schema_fingerprint_unknown",
     "avro_body_malformed",
+    "text_encoding_invalid",  # a string field whose bytes are not UTF-8
+)
+
+# Codes of the submissions topic's door (connectors.door), where agency systems produce directly
+# (connectors.sdk). Checked after WIRE_CODES, in this order; then the record's own fields are
+# checked again with the intake codes (`aidcore.intake.recheck`), then for scope
+# (`agency_out_of_scope`: no registered agency may submit it), then for its idempotency key.
+DOOR_CODES: tuple[str, ...] = (
+    "value_too_large",  # more bytes than the door reads (the dead letter keeps a cut copy)
+    "schema_mismatch",  # a record of a known schema that this topic does not carry (e.g. an alert)
+    "event_id_mismatch",  # the event id is not the digest of the record's content
 )
 
 # Codes of the HTTP gateway (connectors.gateway), in the order a request is checked. A record in
@@ -224,7 +235,8 @@ FILE_CODES: tuple[str, ...] = ("invalid_json", "invalid_text_encoding") + SPREAD
 
 ALL_CODES: tuple[str, ...] = tuple(dict.fromkeys(INTAKE_CODES + REVERSAL_INTAKE_CODES + ALLOCATION_INTAKE_CODES
                                                  + RELEASE_INTAKE_CODES + STREAM_CODES + BUDGET_KEY_CODES
-                                                 + WIRE_CODES + GATEWAY_CODES + FILE_CODES + REGISTRY_CODES))
+                                                 + WIRE_CODES + DOOR_CODES + GATEWAY_CODES + FILE_CODES
+                                                 + REGISTRY_CODES))
 
 
 def exists_with_different(field: str) -> str:

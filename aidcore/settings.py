@@ -134,6 +134,8 @@ def topic_names(stack: StackSettings) -> dict[str, str]:
         "alerts": f"{p}.alerts.v1",
         "registry": f"{p}.registry.v1",
         "deadletter": f"{p}.deadletter.v1",
+        # agency systems produce here directly (connectors.sdk); the gateway's door decides it
+        "submissions": f"{p}.submissions.v1",
         # the state changelog belongs to one consumer group, like a Faust table's changelog
         "state": f"{consumer_group(stack)}-state-changelog",
         # what the person stage accepted, re-keyed by household, and the household stage's changelog

@@ -158,12 +158,24 @@ def cmd_gateway(args) -> int:
     from infra.stack import token_key
     from schemas.topics import declared_topics
 
+    from connectors.door import Door
+
     stack = _stack()
     _setup_logging(stack.log_level)
     topics = declared_topics(stack)
-    serve(GatewaySettings.from_env(os.environ), GatewayContext(
-        stack.database_url, token_key(stack, _home(args)), default_reference(), topics["ledger"].name,
-        topics["alerts"].name))
+    door = None
+    if stack.kafka_bootstrap:  # the submissions topic's door runs beside the HTTP door
+        door = Door(bootstrap=stack.kafka_bootstrap, database_url=stack.database_url, reference=default_reference(),
+                    topics={role: spec.name for role, spec in topics.items()},
+                    group=f"aidledger-{stack.topic_prefix}-door", fetch_max_wait_ms=stack.fetch_max_wait_ms)
+        door.start()
+    try:
+        serve(GatewaySettings.from_env(os.environ), GatewayContext(
+            stack.database_url, token_key(stack, _home(args)), default_reference(), topics["ledger"].name,
+            topics["alerts"].name))
+    finally:
+        if door is not None:
+            door.close()
     return 0
 
 
@@ -753,9 +765,11 @@ def cmd_deadletters(args) -> int:
             if not args.code:
                 print("aidledger deadletters replay: --code is required", file=sys.stderr)
                 return 2
-            result = deadletters.replay(conn, code=args.code, ledger_topic=declared_topics(_stack())["ledger"].name)
+            topics = declared_topics(_stack())
+            result = deadletters.replay(conn, code=args.code, ledger_topic=topics["ledger"].name,
+                                        submissions_topic=topics["submissions"].name)
             _dump(result) if args.json else print(
-                f"{result['queued']} dead letters of {args.code} sent back to the ledger"
+                f"{result['queued']} dead letters of {args.code} sent back to where they came from"
                 f" ({result['already_replayed']} replayed before, {result['skipped']} not replayable)")
             return 0
         items = deadletters.listing(conn, code=args.code, limit=args.limit)

@@ -67,7 +67,8 @@ REQUESTS = Counter("aidledger_gateway_requests_total", "HTTP requests answered b
 LATENCY = Histogram("aidledger_gateway_request_seconds", "Time from request to answer, by route", ["route"],
                     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 RECORDS = Counter("aidledger_gateway_records_total",
-                  "Records submitted over HTTP, by outcome (accepted, redelivered, or the rejection code)", ["outcome"])
+                  "Records submitted over HTTP, by outcome (accepted, redelivered, or the rejection code; a body"
+                  " refused whole, body_not_json or body_too_large, counts once)", ["outcome"])
 DISBURSEMENTS_IN = Counter("aidledger_gateway_disbursements_accepted_total",
                            "Disbursements newly accepted over HTTP, by source type (who funds them) and programme",
                            ["source_type", "programme_code"])
@@ -341,6 +342,7 @@ def create_app(settings: GatewaySettings, ctx: GatewayContext) -> FastAPI:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
+            RECORDS.labels("body_not_json").inc()
             raise GatewayError(400, "body_not_json", "the body must be UTF-8 JSON") from None
 
     def validate(raw: Any, agency: Agency, now_us: int,
@@ -609,6 +611,7 @@ class MeasuredApp:
         return b"".join(chunks)
 
     async def _too_large(self, send) -> None:
+        RECORDS.labels("body_too_large").inc()
         body = orjson.dumps({"code": "body_too_large", "field": None,
                              "message": f"the body is larger than {self.max_body_bytes:,} bytes"})
         await send({"type": "http.response.start", "status": 413,

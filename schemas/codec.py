@@ -4,7 +4,7 @@ schema in schemas/ (current or frozen) from the fingerprint, without a registry 
 
 Decoding failures are values with a named code (`CodecError.code`), so a shell can dead-letter a
 bad record and go on: value_missing, avro_marker_invalid, schema_fingerprint_unknown,
-avro_body_malformed.
+avro_body_malformed, text_encoding_invalid.
 """
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ class RecordCodec:
                 record = fastavro.schemaless_reader(body, self.parsed, None)
             else:
                 record = fastavro.schemaless_reader(body, writer, self.parsed)
+        except UnicodeDecodeError:
+            raise CodecError("text_encoding_invalid", "a string field is not valid UTF-8") from None
         except Exception as exc:  # fastavro raises several types for truncated or garbled bodies
             raise CodecError("avro_body_malformed", f"cannot read the Avro body: {type(exc).__name__}") from None
         if body.tell() != len(data):

@@ -42,6 +42,9 @@ def declared_topics(stack: StackSettings) -> dict[str, TopicSpec]:
                   "one record per person per imported registry extract (DTKS, P3KE, REGSOSEK), keyed by NIK token"),
         TopicSpec("deadletter", names["deadletter"], n, "original key", None,
                   "records the stream could not accept: original value, code and source position in headers"),
+        TopicSpec("submissions", names["submissions"], n, "person_token (utf-8)", DISBURSEMENT,
+                  "what agency systems produce directly (connectors.sdk): validated, tokenized disbursements and"
+                  " reversals, decided again by the door (connectors.door) and written to the outbox"),
         TopicSpec("state", names["state"], n, "source partition (utf-8)", STATE_DELTA,
                   "changelog of the ledger worker's per-person state; partition p holds the deltas of ledger partition p"),
         TopicSpec("households", names["households"], n, "household token (utf-8)", POSTINGS,

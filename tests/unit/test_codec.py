@@ -294,7 +294,8 @@ def test_every_truncation_of_the_body_is_malformed():
 def test_codec_error_codes_are_wire_codes():
     from aidcore.outcomes import WIRE_CODES
 
-    assert set(WIRE_CODES) == {"value_missing", "avro_marker_invalid", "schema_fingerprint_unknown", "avro_body_malformed"}
+    assert set(WIRE_CODES) == {"value_missing", "avro_marker_invalid", "schema_fingerprint_unknown", "avro_body_malformed",
+                               "text_encoding_invalid"}
 
 
 def test_decode_disbursements_keeps_going_past_bad_values():
