@@ -398,7 +398,7 @@ def test_every_bad_input_gets_its_code_and_every_good_one_is_in_the_ledger_once(
         assert counted["gateway"].get(("aidledger_gateway_records_total", code)) == n, code
     for code, n in door_codes.items():
         assert counted["gateway"].get(("aidledger_door_records_total", code)) == n, code
-    assert counted["worker-0"].get(("aidledger_worker_rejections_total", "reversal_original_unknown")) == len(
+    assert counted["worker-0"].get(("aidledger_worker_dead_letters_total", "reversal_original_unknown")) == len(
         run["by_event"])
 
     # neither the worker nor the gateway (the door) restarted
