@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install demo test lint test-unit test-integration bench bench-scale bench-replay clean
+.PHONY: install system-packages demo test lint test-unit test-integration bench bench-scale bench-replay clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,16 +17,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/aidledger demo $(ARGS)
 
-test: $(STAMP) lint
+# Debian packages the tests use (infra/system-packages.txt): installed when missing, as root
+system-packages:
+	sh infra/system-packages.sh
+
+test: $(STAMP) lint system-packages
 	$(BIN)/python -m pytest tests $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check --quiet --select F,E9 aidcore schemas streams projections connectors infra aidledger tests
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) system-packages
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) system-packages
 	$(BIN)/python -m pytest tests/integration $(ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-stamp
@@ -38,8 +42,8 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/aidledger bench $(ARGS)
 
-# opt-in, Lampung scale: 10 million events replayed into fresh projections (about 6 GiB of memory,
-# 15-20 minutes in all); ARGS="--events 200000" for a smoke run, --profile to sample it with py-spy
+# opt-in, Lampung scale: 10 million events replayed into fresh projections (needs ~7 GiB of free
+# memory and ~15 minutes); ARGS="--events 200000" for a smoke run, --profile to sample it with py-spy
 bench-scale: $(BENCH_STAMP)
 	$(BIN)/python -m aidledger.bench_scale $(ARGS)
 

@@ -7,6 +7,9 @@ row, a dead-letter header or a counter label. The order here is the order of the
 
 from __future__ import annotations
 
+from aidcore.registries import REGISTRY_CODES
+from aidcore.spreadsheet import SPREADSHEET_CODES
+
 ACCEPTED = "accepted"
 EXISTS = "exists"  # same idempotency key, same content: a harmless redelivery
 
@@ -192,6 +195,17 @@ WIRE_CODES: tuple[str, ...] = (
     "avro_marker_invalid",
     "schema_fingerprint_unknown",
     "avro_body_malformed",
+    "text_encoding_invalid",  # a string field whose bytes are not UTF-8
+)
+
+# Codes of the submissions topic's door (connectors.door), where agency systems produce directly
+# (connectors.sdk). Checked after WIRE_CODES, in this order; then the record's own fields are
+# checked again with the intake codes (`aidcore.intake.recheck`), then for scope
+# (`agency_out_of_scope`: no registered agency may submit it), then for its idempotency key.
+DOOR_CODES: tuple[str, ...] = (
+    "value_too_large",  # more bytes than the door reads (the dead letter keeps a cut copy)
+    "schema_mismatch",  # a record of a known schema that this topic does not carry (e.g. an alert)
+    "event_id_mismatch",  # the event id is not the digest of the record's content
 )
 
 # Codes of the HTTP gateway (connectors.gateway), in the order a request is checked. A record in
@@ -215,9 +229,14 @@ GATEWAY_CODES: tuple[str, ...] = (
     "storage_unavailable",  # PostgreSQL did not commit: nothing was accepted, retry
 )
 
+# Codes of file reading before intake: a line that is not JSON or UTF-8, and the typed cells of
+# an Excel sheet (aidcore.spreadsheet), in the order a cell is checked.
+FILE_CODES: tuple[str, ...] = ("invalid_json", "invalid_text_encoding") + SPREADSHEET_CODES
+
 ALL_CODES: tuple[str, ...] = tuple(dict.fromkeys(INTAKE_CODES + REVERSAL_INTAKE_CODES + ALLOCATION_INTAKE_CODES
                                                  + RELEASE_INTAKE_CODES + STREAM_CODES + BUDGET_KEY_CODES
-                                                 + WIRE_CODES + GATEWAY_CODES))
+                                                 + WIRE_CODES + DOOR_CODES + GATEWAY_CODES + FILE_CODES
+                                                 + REGISTRY_CODES))
 
 
 def exists_with_different(field: str) -> str:

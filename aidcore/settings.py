@@ -57,6 +57,7 @@ class StackSettings(_Group):
     log_level: str = _setting("AIDLEDGER_LOG_LEVEL", "INFO", "log level of every process")
     rulebook: str = _setting("AIDLEDGER_RULEBOOK", "", "rulebook file put in force when the stack starts (if not already in force); empty means the packaged default")
     consumer_group: str = _setting("AIDLEDGER_CONSUMER_GROUP", "", "consumer group (Faust app id) of the ledger workers; empty means aidledger-<topic prefix>-ledger")
+    metrics_addr: str = _setting("AIDLEDGER_METRICS_ADDR", "127.0.0.1", "address the /metrics endpoints of the worker, projector and relay listen on (0.0.0.0 for a Prometheus on another host or container)")
     fetch_max_wait_ms: int = _setting("AIDLEDGER_FETCH_MAX_WAIT_MS", 25, "longest a consumer's fetch waits at the broker; Tansu answers only when it expires, so this bounds latency")
 
 
@@ -77,6 +78,7 @@ class ProjectorSettings(_Group):
 
     metrics_port: int = _setting("AIDLEDGER_PROJECTOR_METRICS_PORT", 9611, "Prometheus /metrics of the projector")
     batch_max: int = _setting("AIDLEDGER_PROJECTOR_BATCH_MAX", 20000, "most records written in one transaction")
+    table_stats_interval_s: float = _setting("AIDLEDGER_PROJECTOR_TABLE_STATS_INTERVAL_S", 15.0, "how often the projector reads the projection tables' sizes from PostgreSQL's statistics for /metrics")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,24 @@ class GatewaySettings(_Group):
     connections: int = _setting("AIDLEDGER_GATEWAY_CONNECTIONS", 4, "PostgreSQL connections of the gateway (requests wait for a free one)")
 
 
-ALL_GROUPS = (StackSettings, WorkerSettings, ProjectorSettings, RelaySettings, GatewaySettings)
+@dataclass(frozen=True)
+class DashboardSettings(_Group):
+    """The PMO web dashboard (alert feed, cases, recipients, regencies)."""
+
+    host: str = _setting("AIDLEDGER_DASHBOARD_HOST", "127.0.0.1", "address the dashboard listens on (0.0.0.0 to serve other machines, behind TLS)")
+    port: int = _setting("AIDLEDGER_DASHBOARD_PORT", 8091, "port of the PMO dashboard; `aidledger up` prints its URL")
+    connections: int = _setting("AIDLEDGER_DASHBOARD_CONNECTIONS", 4, "PostgreSQL connections of the dashboard's pages (the live feed has its own)")
+    session_hours: int = _setting("AIDLEDGER_DASHBOARD_SESSION_HOURS", 12, "how long a sign-in lasts")
+    secure_cookies: bool = _setting("AIDLEDGER_DASHBOARD_SECURE_COOKIES", False, "mark the session cookie Secure (set it when the dashboard is served over HTTPS)")
+    session_key_file: str = _setting("AIDLEDGER_DASHBOARD_SESSION_KEY_FILE", "", "hex key that signs session cookies; empty means <home>/secrets/dashboard-session.key, created on first start")
+
+
+ALL_GROUPS = (StackSettings, WorkerSettings, ProjectorSettings, RelaySettings, GatewaySettings, DashboardSettings)
+
+
+def local_address(addr: str) -> str:
+    """Where a client on the same host reaches a listener bound to `addr`: loopback for a wildcard."""
+    return "127.0.0.1" if addr in ("", "0.0.0.0", "::") else addr
 
 
 def consumer_group(stack: StackSettings) -> str:
@@ -113,7 +132,10 @@ def topic_names(stack: StackSettings) -> dict[str, str]:
     return {
         "ledger": f"{p}.ledger.v1",
         "alerts": f"{p}.alerts.v1",
+        "registry": f"{p}.registry.v1",
         "deadletter": f"{p}.deadletter.v1",
+        # agency systems produce here directly (connectors.sdk); the gateway's door decides it
+        "submissions": f"{p}.submissions.v1",
         # the state changelog belongs to one consumer group, like a Faust table's changelog
         "state": f"{consumer_group(stack)}-state-changelog",
         # what the person stage accepted, re-keyed by household, and the household stage's changelog

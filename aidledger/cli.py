@@ -89,6 +89,8 @@ def _print_endpoints(ep: dict) -> None:
     print(f"database url:    {ep['database_url']}{' (embedded)' if ep['embedded_postgres'] else ''}")
     if ep.get("gateway"):
         print(f"gateway:         {ep['gateway']} (OpenAPI {ep['gateway']}/openapi.json, docs {ep['gateway']}/docs)")
+    if ep.get("dashboard"):
+        print(f"dashboard:       {ep['dashboard']} (PMO web dashboard; `aidledger users add` makes sign-ins)")
     for name, url in ep["metrics"].items():
         print(f"metrics {name + ':':<12} {url}")
     print(f"topics:          {', '.join(ep['topics'].values())}", flush=True)
@@ -134,7 +136,7 @@ def cmd_project(args) -> int:
     stack = _stack()
     _setup_logging(stack.log_level)
     settings = ProjectorSettings.from_env(os.environ)
-    start_http_server(settings.metrics_port, addr="127.0.0.1")
+    start_http_server(settings.metrics_port, addr=stack.metrics_addr)
     return _run_service(lambda stop: run_projector(stack.database_url, stack, settings, stop))
 
 
@@ -146,7 +148,7 @@ def cmd_relay(args) -> int:
     stack = _stack()
     _setup_logging(stack.log_level)
     settings = RelaySettings.from_env(os.environ)
-    start_http_server(settings.metrics_port, addr="127.0.0.1")
+    start_http_server(settings.metrics_port, addr=stack.metrics_addr)
     return _run_service(lambda stop: run_relay(stack.database_url, stack.kafka_bootstrap, settings, stop))
 
 
@@ -156,12 +158,77 @@ def cmd_gateway(args) -> int:
     from infra.stack import token_key
     from schemas.topics import declared_topics
 
+    from connectors.door import Door
+
     stack = _stack()
     _setup_logging(stack.log_level)
     topics = declared_topics(stack)
-    serve(GatewaySettings.from_env(os.environ), GatewayContext(
-        stack.database_url, token_key(stack, _home(args)), default_reference(), topics["ledger"].name,
-        topics["alerts"].name))
+    door = None
+    if stack.kafka_bootstrap:  # the submissions topic's door runs beside the HTTP door
+        door = Door(bootstrap=stack.kafka_bootstrap, database_url=stack.database_url, reference=default_reference(),
+                    topics={role: spec.name for role, spec in topics.items()},
+                    group=f"aidledger-{stack.topic_prefix}-door", fetch_max_wait_ms=stack.fetch_max_wait_ms)
+        door.start()
+    try:
+        serve(GatewaySettings.from_env(os.environ), GatewayContext(
+            stack.database_url, token_key(stack, _home(args)), default_reference(), topics["ledger"].name,
+            topics["alerts"].name))
+    finally:
+        if door is not None:
+            door.close()
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from aidcore.settings import DashboardSettings
+    from connectors.dashboard import DashboardContext, serve
+    from infra.stack import dashboard_session_key
+    from projections import cases, queries
+
+    stack = _stack()
+    _setup_logging(stack.log_level)
+    settings = DashboardSettings.from_env(os.environ)
+    serve(settings, DashboardContext(stack.database_url, default_reference(),
+                                     dashboard_session_key(_home(args), settings.session_key_file), cases, queries.trail))
+    return 0
+
+
+def cmd_users(args) -> int:
+    """add NAME --role R [--regency C] [--agency C] | reset NAME | disable NAME | list."""
+    import psycopg
+
+    from connectors import users
+
+    _, dsn = resolve_endpoints(_home(args))
+    if args.action != "list" and not args.name:
+        print(f"aidledger users {args.action}: name the user", file=sys.stderr)
+        return 2
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            if args.action == "list":
+                rows = users.listing(conn)
+                if args.json:
+                    _dump({"users": rows})
+                for u in rows if not args.json else ():
+                    scope = u["regency_code"] or u["agency_code"] or "all"
+                    print(f"{u['username']:<24} {u['role']:<8} {scope:<10}{'  DISABLED' if u['disabled_at'] else ''}")
+                return 0
+            if args.action == "disable":
+                users.disable(conn, args.name)
+                print(f"disabled {args.name}; their sessions end at their next request")
+                return 0
+            if args.action == "add":
+                if not args.role:
+                    print("aidledger users add: --role is required (pmo, regency, auditor or agency)", file=sys.stderr)
+                    return 2
+                issued = users.add_user(conn, args.name, args.role, args.regency, args.agency)
+            else:
+                issued = users.reset_password(conn, args.name)
+        except users.UserError as err:
+            print(f"aidledger users: {err}", file=sys.stderr)
+            return 1
+    print(f"password of {args.name} ({issued.user.role}); it is shown only now, hand it over safely:")
+    print(issued.password)
     return 0
 
 
@@ -214,61 +281,249 @@ def cmd_agencies(args) -> int:
 def cmd_ingest(args) -> int:
     import psycopg
 
-    from connectors.files import progress_total, read_rows
-    from connectors.intake import Progress, ingest_rows
+    from connectors.files import read_rows
+    from connectors.intake import ingest_rows
     from infra.stack import token_key
     from schemas.topics import declared_topics
 
     home = _home(args)
     _, dsn = resolve_endpoints(home)
     stack = _stack()
-    path = Path(args.file)
-    if not path.exists():
-        print(f"aidledger: {path} does not exist", file=sys.stderr)
-        return 2
-    report_path = Path(args.report) if args.report else home / "reports" / f"{path.name}.rejections.csv"
-    bar = Progress(progress_total(path), f"ingest {path.name}", enabled=None if not args.json else False)
-    rows = read_rows(path)
+    opened = _input_file(args, home, "ingest")
+    if isinstance(opened, int):
+        return opened
+    path, report_path, bar = opened
     with psycopg.connect(dsn, autocommit=True) as conn:
         report = ingest_rows(
-            conn, _counting(rows, path, bar), source_name=path.name,
+            conn, _counting(read_rows(path), bar), source_name=path.name,
             ledger_topic=declared_topics(stack)["ledger"].name, alerts_topic=declared_topics(stack)["alerts"].name,
             token_key=token_key(stack, home), reference=default_reference(), report_path=report_path,
         )
     bar.close()
     if args.json:
         _dump(report.as_dict())
-    else:
-        print(f"{report.rows:,} rows: {report.accepted:,} accepted, {report.redelivered:,} already recorded "
-              f"(redelivered), {report.rejected:,} rejected in {report.seconds:.1f}s")
-        for code, n in report.rejections_by_code.most_common():
-            print(f"  rejected {n:>7,}  {code}")
-        if report.rejected:
-            print(f"rejection report: {report.report_path}")
+        return 0
+    print(f"{report.rows:,} rows: {report.accepted:,} accepted, {report.redelivered:,} already recorded "
+          f"(redelivered), {report.rejected:,} rejected in {report.seconds:.1f}s")
+    _print_intake_totals(report)
     return 0
 
 
-def _counting(rows, path: Path, bar):
-    total = path.stat().st_size
+def _input_file(args, home: Path, command: str):
+    """(path, rejection report path, progress bar) of an input file, or the exit code when it
+    cannot be read. The bar draws on a terminal only, and never with --json."""
+    from connectors.files import estimated_rows, file_format
+    from connectors.intake import Progress
+
+    path = Path(args.file)
+    if not path.exists():
+        print(f"aidledger: {path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        file_format(path)
+    except ValueError as err:
+        print(f"aidledger {command}: {err}", file=sys.stderr)
+        return 2
+    report_path = Path(args.report) if args.report else home / "reports" / f"{path.name}.rejections.csv"
+    bar = Progress(0, f"{command.split()[0]} {path.name}", enabled=None if not args.json else False)
+    if bar.enabled:
+        bar.total = estimated_rows(path)
+    return path, report_path, bar
+
+
+def _print_intake_totals(report) -> None:
+    """Accepted records and rupiah per programme (reversals and budget records on their own
+    lines), then the rejections by code."""
+    for programme in sorted(report.accepted_by_programme):
+        print(f"  accepted {report.accepted_by_programme[programme]:>7,}  {programme:<16} "
+              f"{_rp(report.accepted_idr_by_programme[programme])}")
+    for code, n in report.rejections_by_code.most_common():
+        print(f"  rejected {n:>7,}  {code}")
+    if report.rejected:
+        print(f"rejection report: {report.report_path}")
+
+
+def _counting(rows, bar):
     n = 0
     for item in rows:
         n += 1
-        if n % 5000 == 0:
-            bar.update(int(total * min(1.0, n / max(1, _estimate_rows(path)))), n)
+        if n % 1000 == 0:
+            bar.update(min(n, bar.total), n)
         yield item
-    bar.update(total, n)
+    bar.total = max(n, 1)
+    bar.update(n, n)
 
 
-_ESTIMATES: dict[Path, int] = {}
+# --- database and registry sources -------------------------------------------------------------
+
+def cmd_poll_db(args) -> int:
+    """Poll an agency table by its watermark column and submit its new rows."""
+    import signal
+    import threading
+
+    import psycopg
+
+    from connectors import dbsource
+    from connectors.rulebooks import active_rulebook
+    from infra.stack import token_key
+    from schemas.topics import declared_topics
+
+    home = _home(args)
+    _, dsn = resolve_endpoints(home)
+    stack = _stack()
+    reference = default_reference()
+    try:
+        source = dbsource.TableSource(args.name or args.table, args.table, args.watermark, args.key,
+                                      dbsource.parse_mapping(args.map))
+    except dbsource.SourceError as err:
+        print(f"aidledger poll-db: {err}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stop.set())
+    topics = declared_topics(stack)
+
+    def progress(report) -> None:
+        if not args.json and sys.stderr.isatty():
+            sys.stderr.write(f"\rpoll-db {source.name}: {report.rows:,} rows read, {report.accepted:,} accepted,"
+                             f" {report.rejected:,} rejected")
+            sys.stderr.flush()
+
+    try:
+        with psycopg.connect(args.dsn, autocommit=True) as agency, psycopg.connect(dsn, autocommit=True) as ledger:
+            agency.execute("SET TimeZone = 'UTC'")  # the watermark's text form must read back the same
+            report = dbsource.poll(
+                agency, ledger, source, batch_rows=args.batch_rows, poll_interval_s=args.poll_interval_s,
+                once=args.once, should_stop=stop.is_set, wait=stop.wait, ledger_topic=topics["ledger"].name,
+                alerts_topic=topics["alerts"].name, token_key=token_key(stack, home), reference=reference,
+                rulebook_of=lambda: active_rulebook(ledger, reference), on_batch=progress)
+            position = next(p for p in dbsource.positions(ledger) if p["source"] == source.name)
+    except dbsource.SourceError as err:
+        print(f"aidledger poll-db: {err}", file=sys.stderr)
+        return 2
+    if not args.json and sys.stderr.isatty():
+        sys.stderr.write("\n")
+    if args.json:
+        _dump({**report.as_dict(), "position": position})
+        return 0
+    print(f"{source.table}: {report.rows:,} rows read: {report.accepted:,} accepted, {report.redelivered:,} already"
+          f" recorded, {report.rejected:,} rejected; position {source.watermark} = {position['watermark']}"
+          f" ({position['keys_at_watermark']} row(s) at that value)")
+    _print_intake_totals(report)
+    if report.rejected:
+        print(f"rejections: ledger.intake_rejections, batch {report.batch_id}")
+    return 0
 
 
-def _estimate_rows(path: Path) -> int:
-    if path not in _ESTIMATES:
-        with open(path, "rb") as f:
-            head = f.read(1 << 20)
-        lines = max(1, head.count(b"\n"))
-        _ESTIMATES[path] = max(1, int(path.stat().st_size / (len(head) / lines)))
-    return _ESTIMATES[path]
+def cmd_registries(args) -> int:
+    """import --registry NAME --extract-date DATE FILE | report [--regency CODE] | extracts."""
+    from datetime import date
+
+    import psycopg
+
+    from aidcore.registries import REGISTRIES, disagreements
+    from projections.registries import current_registries, extracts
+
+    home = _home(args)
+    _, dsn = resolve_endpoints(home)
+    if args.action == "report":
+        with psycopg.connect(dsn) as conn:
+            report = disagreements(current_registries(conn, args.regency), regency=args.regency,
+                                   examples_per_kind=args.examples)
+        if args.json:
+            _dump(report.as_dict())
+            return 0
+        _print_disagreements(report.as_dict(), args.regency)
+        return 0
+    if args.action == "extracts":
+        with psycopg.connect(dsn) as conn:
+            items = extracts(conn)
+        if args.json:
+            _dump({"extracts": items})
+        for e in items if not args.json else ():
+            print(f"{e['registry']:<9} {e['extract_date']} {e['people']:>10,} people{'  (current)' if e['current'] else ''}")
+        return 0
+    if not args.file or not args.registry or not args.extract_date:
+        print("aidledger registries import: give --registry, --extract-date and the extract file", file=sys.stderr)
+        return 2
+    registry = args.registry.upper()
+    if registry not in REGISTRIES:
+        print(f"aidledger registries import: --registry must be one of {', '.join(REGISTRIES)}", file=sys.stderr)
+        return 2
+    try:
+        extract_date = date.fromisoformat(args.extract_date).isoformat()
+    except ValueError:
+        print("aidledger registries import: --extract-date must be YYYY-MM-DD", file=sys.stderr)
+        return 2
+    return _registry_import(args, home, dsn, registry, extract_date)
+
+
+def _registry_import(args, home: Path, dsn: str, registry: str, extract_date: str) -> int:
+    import psycopg
+
+    from connectors.files import read_rows
+    from connectors.registries import import_rows
+    from infra.stack import token_key
+    from schemas.topics import declared_topics
+
+    stack = _stack()
+    from aidcore.registries import REGISTRY_FIELDS
+
+    mapping = {}
+    for item in args.map:
+        name, _, column = item.partition("=")
+        if name.strip() not in REGISTRY_FIELDS or not column.strip():
+            print(f"aidledger registries import: --map {item!r}: write FIELD=COLUMN, FIELD one of"
+                  f" {', '.join(REGISTRY_FIELDS)}", file=sys.stderr)
+            return 2
+        mapping[column.strip()] = name.strip()
+    opened = _input_file(args, home, "registries import")
+    if isinstance(opened, int):
+        return opened
+    path, report_path, bar = opened
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = _renamed(read_rows(path), mapping) if mapping else read_rows(path)
+        report = import_rows(conn, _counting(rows, bar), registry=registry, extract_date=extract_date,
+                             source_name=path.name, registry_topic=declared_topics(stack)["registry"].name,
+                             token_key=token_key(stack, home), reference=default_reference(), report_path=report_path)
+    bar.close()
+    if args.json:
+        _dump(report.as_dict())
+        return 0
+    print(f"{registry} extract of {extract_date}: {report.rows:,} rows: {report.accepted:,} people recorded, "
+          f"{report.redelivered:,} already recorded, {report.rejected:,} rejected in {report.seconds:.1f}s")
+    for regency, n in sorted(report.accepted_by_regency.items()):
+        print(f"  recorded {n:>9,}  {regency} {default_reference().regency_name(regency)}")
+    for code, n in report.rejections_by_code.most_common():
+        print(f"  rejected {n:>9,}  {code}")
+    if report.rejected:
+        print(f"rejection report: {report.report_path}")
+    return 0
+
+
+def _renamed(rows, mapping: dict[str, str]):
+    """Rows with their columns renamed COLUMN -> FIELD; a column that a field was mapped away from
+    is dropped, so a mapping never leaves two sources for one field."""
+    for number, row in rows:
+        if isinstance(row, dict):
+            row = {mapping.get(k, k): v for k, v in row.items() if k in mapping or k not in mapping.values()}
+        yield number, row
+
+
+def _print_disagreements(report: dict, regency: str | None) -> None:
+    names = default_reference().regency_name
+    compared = ", ".join(report["registries"]) or "none"
+    print(f"registries compared: {compared}; {report['people']:,} people"
+          f"{' with an entry in ' + regency + ' ' + names(regency) if regency else ''}")
+    if len(report["registries"]) < 2:
+        print("import at least two registries to compare them")
+    for kind, n in report["by_kind"].items():
+        print(f"  {kind:<22} {n:>9,}")
+    for code, kinds in report["by_regency"].items():
+        print(f"  {code} {names(code):<28} " + "  ".join(f"{k} {n:,}" for k, n in kinds.items()))
+    for kind, items in report["examples"].items():
+        for e in items:
+            print(f"  e.g. {kind}: {e['person_token']} {orjson.dumps(e['detail']).decode()}")
 
 
 # --- wait -----------------------------------------------------------------------------------
@@ -585,9 +840,11 @@ def cmd_deadletters(args) -> int:
             if not args.code:
                 print("aidledger deadletters replay: --code is required", file=sys.stderr)
                 return 2
-            result = deadletters.replay(conn, code=args.code, ledger_topic=declared_topics(_stack())["ledger"].name)
+            topics = declared_topics(_stack())
+            result = deadletters.replay(conn, code=args.code, ledger_topic=topics["ledger"].name,
+                                        submissions_topic=topics["submissions"].name)
             _dump(result) if args.json else print(
-                f"{result['queued']} dead letters of {args.code} sent back to the ledger"
+                f"{result['queued']} dead letters of {args.code} sent back to where they came from"
                 f" ({result['already_replayed']} replayed before, {result['skipped']} not replayable)")
             return 0
         items = deadletters.listing(conn, code=args.code, limit=args.limit)
@@ -794,7 +1051,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=int, default=120_000)
     p.add_argument("--seed", type=int, default=20261122)
     p.add_argument("--keep-running", action="store_true", help="leave the stack running after the summary")
-    p = add("ingest", cmd_ingest, "validate a JSON Lines or CSV file and record its disbursements")
+    p = add("ingest", cmd_ingest, "validate a JSON Lines, CSV or Excel (.xlsx) file and record its disbursements")
     p.add_argument("file")
     p.add_argument("--report", help="rejection report path (default <home>/reports/<file>.rejections.csv)")
     p.add_argument("--json", action="store_true")
@@ -854,6 +1111,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paced-rate", type=int, default=5000, help="offered events/s in the latency phase")
     p.add_argument("--paced-seconds", type=float, default=10.0)
     p.add_argument("--out", default="bench/results/latest.json")
+    p = add("poll-db", cmd_poll_db, "poll an agency's PostgreSQL table by a watermark column and record its new rows"
+                                     " (its position is kept in the ledger, committed with the rows)")
+    p.add_argument("--dsn", required=True, help="the agency database (libpq connection string or URL)")
+    p.add_argument("--table", required=True, help="schema.table to read")
+    p.add_argument("--watermark", required=True, help="the column rows are read in order of (e.g. updated_at, id)")
+    p.add_argument("--key", default="source_ref",
+                   help="a unique column ordering rows that share a watermark value (default source_ref)")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="read input field FIELD from COLUMN (repeatable; default: the column of the field's name)")
+    p.add_argument("--name", help="the source's name, under which its position is kept (default: the table)")
+    p.add_argument("--batch-rows", type=int, default=1000, help="rows per transaction (default 1000)")
+    p.add_argument("--poll-interval-s", type=float, default=5.0, help="wait between polls once caught up (default 5)")
+    p.add_argument("--once", action="store_true", help="read until the table has nothing new, then exit")
+    p.add_argument("--json", action="store_true")
+    p = add("registries", cmd_registries, "national poverty registries: import an extract (DTKS, P3KE, REGSOSEK),"
+                                          " list the extracts, report where the registries disagree")
+    p.add_argument("action", choices=["import", "report", "extracts"])
+    p.add_argument("file", nargs="?", help="import: the extract (.csv, .xlsx or .jsonl)")
+    p.add_argument("--registry", help="import: DTKS, P3KE or REGSOSEK")
+    p.add_argument("--extract-date", help="import: the date the extract was taken, YYYY-MM-DD")
+    p.add_argument("--report", help="import: rejection report path (default <home>/reports/<file>.rejections.csv)")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="import: read FIELD (nik, kk, village_code, decile, row_ref, name) from COLUMN (repeatable)")
+    p.add_argument("--regency", help="report: only people some registry places in this regency (4 digits)")
+    p.add_argument("--examples", type=int, default=10, help="report: example tokens per kind (default 10)")
+    p.add_argument("--json", action="store_true")
     p = add("worker", cmd_worker, "(internal) one ledger worker process")
     p.add_argument("--index", type=int, default=0)
     add("project", cmd_project, "(internal) the projector process")
@@ -861,6 +1144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, required=True)
     add("relay", cmd_relay, "(internal) the outbox relay process")
     add("gateway", cmd_gateway, "(internal) the HTTP gateway process")
+    add("dashboard", cmd_dashboard, "(internal) the PMO web dashboard process")
+    p = add("users", cmd_users, "users of the PMO dashboard: add one (prints a password once), issue a new"
+                                " password (reset), disable, list")
+    p.add_argument("action", choices=["add", "reset", "disable", "list"])
+    p.add_argument("name", nargs="?", help="the user name")
+    p.add_argument("--role", choices=["pmo", "regency", "auditor", "agency"],
+                   help="add: pmo (PMO officer, all regions), regency (own regency), auditor (read-only), agency (own submissions)")
+    p.add_argument("--regency", help="add, regency role: the 4-digit regency code, e.g. 1871")
+    p.add_argument("--agency", help="add, agency role: the agency code")
+    p.add_argument("--json", action="store_true")
     p = add("agencies", cmd_agencies, "agencies that submit over HTTP: add one (prints its API key once), "
                                       "issue another key, revoke, list")
     p.add_argument("action", choices=["add", "key", "revoke", "list"])

@@ -30,6 +30,7 @@ from connectors import synthetic
 from connectors.intake import REVERSALS, Progress, ingest_rows
 from infra.stack import Stack, StackError, free_port_environ, load_endpoints, token_key
 from projections.queries import alerts as alert_rows
+from projections.queries import money_audit
 from projections.queries import summary as summary_of
 from schemas.topics import declared_topics
 
@@ -177,22 +178,28 @@ def run_demo(args) -> int:
         input_path = home / "input" / "disbursements.jsonl"
         input_path.parent.mkdir(parents=True, exist_ok=True)
         synthetic.write_jsonl(input_path, dataset.records)
+        budget, short_lines = synthetic.budget_records(dataset.records)
+        budget_path = input_path.with_name("budget.jsonl")
+        synthetic.write_jsonl(budget_path, budget)
         print(f"  generated {len(dataset.records):,} input records with {len(dataset.answer_key):,} planted cases, "
-              f"resends, reversals and invalid rows ({time.monotonic() - t1:.1f}s) -> {input_path}", flush=True)
+              f"resends, reversals and invalid rows ({time.monotonic() - t1:.1f}s) -> {input_path}; "
+              f"{len(budget):,} allocations and releases, {len(short_lines)} budget line planted short -> "
+              f"{budget_path}", flush=True)
 
         t2 = time.monotonic()
         key = token_key(stack.stack, home)
         bar = Progress(len(dataset.records), "  ingest")
         from connectors.files import read_rows
 
+        topics = declared_topics(stack.stack)
         with psycopg.connect(stack.database_url, autocommit=True) as conn:
-            report = ingest_rows(
-                conn, read_rows(input_path), source_name=input_path.name,
-                ledger_topic=declared_topics(stack.stack)["ledger"].name, token_key=key,
-                alerts_topic=declared_topics(stack.stack)["alerts"].name,
-                reference=default_reference(), report_path=home / "reports" / "disbursements.rejections.csv",
-                progress=lambda n: bar.update(n, n),
-            )
+            def ingest(path: Path, progress=None):
+                return ingest_rows(conn, read_rows(path), source_name=path.name, ledger_topic=topics["ledger"].name,
+                                   token_key=key, alerts_topic=topics["alerts"].name, reference=default_reference(),
+                                   report_path=home / "reports" / f"{path.stem}.rejections.csv", progress=progress)
+
+            budget_report = ingest(budget_path)
+            report = ingest(input_path, lambda n: bar.update(n, n))
         bar.close()
         ingest_s = time.monotonic() - t2
         print(f"  ingested in {ingest_s:.1f}s: {report.accepted:,} accepted "
@@ -215,6 +222,9 @@ def run_demo(args) -> int:
         dead = summary["deadletters_by_code"].get("reversal_original_unknown", 0)
         ok = _print_check(answer_key_check(dataset, alerts, key), reversal_check(dataset, alerts, key),
                           None if outcomes is None else outcomes["reversal_pending"], dead)
+        with psycopg.connect(stack.database_url) as conn:
+            money = money_audit(conn, None)
+        ok &= _print_money_check(money, short_lines, budget_report.rejected)
         expected_rejections = sum(1 for c in dataset.answer_key if c.kind == "invalid")
         print(f"  invalid rows planted {expected_rejections:,}, rejected {report.rejected:,}")
         ok &= expected_rejections == report.rejected
@@ -230,6 +240,17 @@ def run_demo(args) -> int:
         return 0 if ok else 1
     finally:
         stack.stop()
+
+
+def _print_money_check(money: dict, short_lines: list[str], budget_rejected: int) -> bool:
+    """The audit must find exactly the budget lines planted short, and the books must reconcile."""
+    found = sorted(r["funding_account"] for r in money["overspending"]["budget_lines"])
+    check = money["reconciliation"]
+    ok = found == short_lines and check["holds"] and budget_rejected == 0
+    print(f"  money audit: budget lines charged beyond their allocation {', '.join(found) or 'none'} "
+          f"(planted {', '.join(short_lines) or 'none'}); books {'reconcile' if check['holds'] else 'DO NOT RECONCILE'}"
+          f"{'' if budget_rejected == 0 else f'; {budget_rejected} budget rows rejected'} -> {'ok' if ok else 'FAILED'}")
+    return ok
 
 
 def _print_summary(s: dict, alerts: list[dict]) -> None:

@@ -8,12 +8,13 @@ process is its own service and the one-shot steps are jobs, so this module offer
     python -m aidledger.deploy migrate        apply the PostgreSQL migrations
     python -m aidledger.deploy rulebook       put AIDLEDGER_RULEBOOK in force, unless it already is
     python -m aidledger.deploy metrics-port worker|project|relay
-    python -m aidledger.deploy health worker|project|relay
+    python -m aidledger.deploy health worker|project|relay|gateway|dashboard
 
 Topics come from `schemas.topics.declared_topics` and settings from the environment, exactly as
 the workers, the projector and the relay read them, so the job cannot drift from the code.
 `metrics-port` and `health` let the container entrypoint and health checks find a process's
-/metrics port from the same settings instead of repeating its default.
+/metrics port (or, for the gateway and the dashboard, their HTTP address) from the same settings
+instead of repeating its default.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ import sys
 import urllib.request
 from typing import Mapping
 
-from aidcore.settings import ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
+from aidcore.settings import (DashboardSettings, GatewaySettings, ProjectorSettings, RelaySettings, StackSettings,
+                              WorkerSettings, local_address)
 from schemas.topics import TopicSpec, declared_topics
 
 # the CLI subcommand of each long-running process -> the settings group holding its metrics port
 METRICS_SETTINGS = {"worker": WorkerSettings, "project": ProjectorSettings, "relay": RelaySettings}
+# the HTTP processes -> the settings group holding their listen host and port; they are healthy when
+# /healthz answers 200, which it does once they reach PostgreSQL
+HTTP_SETTINGS = {"gateway": GatewaySettings, "dashboard": DashboardSettings}
 
 
 def topic_plan(environ: Mapping[str, str]) -> tuple[str, list[TopicSpec], int]:
@@ -123,8 +128,17 @@ def metrics_port(process: str, environ: Mapping[str, str]) -> int:
     return METRICS_SETTINGS[process].from_env(environ).metrics_port
 
 
+def health_url(process: str, environ: Mapping[str, str]) -> str:
+    """Where a health check in the process's own container asks whether it serves."""
+    if process in HTTP_SETTINGS:
+        settings = HTTP_SETTINGS[process].from_env(environ)
+        return f"http://{local_address(settings.host)}:{settings.port}/healthz"
+    host = local_address(StackSettings.from_env(environ).metrics_addr)
+    return f"http://{host}:{metrics_port(process, environ)}/metrics"
+
+
 def cmd_health(process: str, environ: Mapping[str, str]) -> int:
-    url = f"http://127.0.0.1:{metrics_port(process, environ)}/metrics"
+    url = health_url(process, environ)
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
@@ -140,9 +154,10 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     sub.add_parser("topics", help="create the declared topics that are missing, then check partitions and replication")
     sub.add_parser("migrate", help="apply the PostgreSQL migrations")
     sub.add_parser("rulebook", help="put AIDLEDGER_RULEBOOK (or the packaged default) in force unless it already is")
-    for name, help_ in (("metrics-port", "print the /metrics port of a process"),
-                        ("health", "exit 0 if the process answers on its /metrics port")):
-        sub.add_parser(name, help=help_).add_argument("process", choices=sorted(METRICS_SETTINGS))
+    sub.add_parser("metrics-port", help="print the /metrics port of a process").add_argument(
+        "process", choices=sorted(METRICS_SETTINGS))
+    sub.add_parser("health", help="exit 0 if the process answers on its /metrics port (gateway, dashboard: /healthz)"
+                   ).add_argument("process", choices=sorted(METRICS_SETTINGS | HTTP_SETTINGS))
     args = parser.parse_args(argv)
     if args.step == "topics":
         return cmd_topics(environ)

@@ -1,4 +1,5 @@
-"""Dead letters: list them, and send them back to the ledger topic once their cause is fixed.
+"""Dead letters: list them, and send them back to the topic they came from (the ledger, or the
+submissions topic of direct producers) once their cause is fixed.
 
 A replay goes through the outbox like any record, so it is durable before it is published.
 Each dead letter has one outbox identity for its replay (derived from its source position and
@@ -54,17 +55,20 @@ def counts(conn: psycopg.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT code, count(*) FROM ledger.deadletters GROUP BY code ORDER BY code").fetchall())
 
 
-def replay(conn: psycopg.Connection, *, code: str, ledger_topic: str) -> dict:
-    """Send the dead letters of `code` that came from the ledger topic back to it, through the
-    outbox. Returns counts: queued, already queued before, skipped (value missing or cut)."""
+def replay(conn: psycopg.Connection, *, code: str, ledger_topic: str, submissions_topic: str | None = None) -> dict:
+    """Send the dead letters of `code` back to the topic they came from, through the outbox: the
+    ledger's to the ledger (the stream decides them again), the submissions topic's to it (the
+    door decides them again, against the agency registry as it is now). Returns counts: queued,
+    already queued before, skipped (value missing or cut)."""
     queued = skipped = 0
     now = datetime.now(timezone.utc)
+    sources = [t for t in (ledger_topic, submissions_topic) if t]
     with conn.transaction():
         rows = conn.execute(
             "SELECT d.source_topic, d.source_partition, d.source_offset, d.value, d.replayed_at"
-            " FROM ledger.deadletters d WHERE d.code = %s AND d.source_topic = %s"
-            " ORDER BY d.source_partition, d.source_offset FOR UPDATE",
-            (code, ledger_topic),
+            " FROM ledger.deadletters d WHERE d.code = %s AND d.source_topic = ANY(%s)"
+            " ORDER BY d.source_topic, d.source_partition, d.source_offset FOR UPDATE",
+            (code, sources),
         ).fetchall()
         already = sum(1 for r in rows if r[4] is not None)
         todo = []
@@ -79,7 +83,7 @@ def replay(conn: psycopg.Connection, *, code: str, ledger_topic: str) -> dict:
                 skipped += 1
                 continue
             todo.append((uuid.uuid5(uuid.NAMESPACE_URL, f"aidledger-replay:{topic}:{part}:{offset}:{code}"),
-                         ledger_topic, token.encode(), bytes(value), now, (topic, part, offset)))
+                         topic, token.encode(), bytes(value), now, (topic, part, offset)))
         with conn.cursor() as cur:
             for outbox_id, topic, key, value, at, (src_topic, src_part, src_offset) in todo:
                 cur.execute("INSERT INTO ledger.outbox (event_id, topic, key, value, recorded_at) VALUES"

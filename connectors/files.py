@@ -14,11 +14,14 @@ from typing import Iterator
 
 import orjson
 
+from aidcore.spreadsheet import CellProblem, cell_value
+
 
 @dataclass(frozen=True, slots=True)
 class RowError:
     code: str
     message: str
+    field: str | None = None
 
 
 def file_format(path: Path) -> str:
@@ -27,13 +30,17 @@ def file_format(path: Path) -> str:
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    raise ValueError(f"{path.name}: unsupported file type {suffix!r} (use .jsonl or .csv)")
+    if suffix == ".xlsx":
+        return "xlsx"
+    raise ValueError(f"{path.name}: unsupported file type {suffix!r} (use .jsonl, .csv or .xlsx)")
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, object]]:
     """(row number, dict or RowError). Header lines of CSV are not counted as rows."""
     kind = file_format(path)
-    if kind == "jsonl":
+    if kind == "xlsx":
+        yield from _xlsx_rows(path)
+    elif kind == "jsonl":
         with open(path, "rb") as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
@@ -62,5 +69,54 @@ def _has_surrogate(text: str) -> bool:
     return any("\udc80" <= c <= "\udcff" for c in text)
 
 
-def progress_total(path: Path) -> int:
-    return path.stat().st_size
+def _xlsx_rows(path: Path) -> Iterator[tuple[int, object]]:
+    import openpyxl
+
+    # data_only: a formula's value as Excel last computed it (a file never opened in Excel has none)
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        rows = book.worksheets[0].iter_rows(values_only=True)
+        header = next(rows, None)
+        if header is None:
+            return
+        names = [h.strip() if isinstance(h, str) else None for h in header]
+        # the number the spreadsheet shows: read-only mode yields every row, empty ones included
+        for number, cells in enumerate(rows, start=2):
+            if all(c is None or c == "" for c in cells):
+                continue
+            yield number, _xlsx_record(names, cells)
+    finally:
+        book.close()
+
+
+def _xlsx_record(names: list[str | None], cells: tuple) -> dict | RowError:
+    record = {}
+    for name, value in zip(names, cells):
+        if name is None:  # a column without a header, as csv.DictReader drops it
+            continue
+        value = cell_value(name, value)
+        if isinstance(value, CellProblem):
+            return RowError(value.code, value.message, value.field)
+        record[name] = value
+    for name in names[len(cells):]:
+        if name is not None:
+            record[name] = ""
+    return record
+
+
+def estimated_rows(path: Path) -> int:
+    """About how many rows the file holds, for a progress bar: an Excel sheet's own dimension, or
+    the file size over the average line length of its first MiB."""
+    if file_format(path) == "xlsx":
+        import openpyxl
+
+        book = openpyxl.load_workbook(path, read_only=True)
+        try:
+            return max(1, (book.worksheets[0].max_row or 2) - 1)
+        finally:
+            book.close()
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    if not head:
+        return 1
+    return max(1, int(path.stat().st_size / (len(head) / max(1, head.count(b"\n")))))

@@ -67,7 +67,11 @@ REQUESTS = Counter("aidledger_gateway_requests_total", "HTTP requests answered b
 LATENCY = Histogram("aidledger_gateway_request_seconds", "Time from request to answer, by route", ["route"],
                     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 RECORDS = Counter("aidledger_gateway_records_total",
-                  "Records submitted over HTTP, by outcome (accepted, redelivered, or the rejection code)", ["outcome"])
+                  "Records submitted over HTTP, by outcome (accepted, redelivered, or the rejection code; a body"
+                  " refused whole, body_not_json or body_too_large, counts once)", ["outcome"])
+DISBURSEMENTS_IN = Counter("aidledger_gateway_disbursements_accepted_total",
+                           "Disbursements newly accepted over HTTP, by source type (who funds them) and programme",
+                           ["source_type", "programme_code"])
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -338,6 +342,7 @@ def create_app(settings: GatewaySettings, ctx: GatewayContext) -> FastAPI:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
+            RECORDS.labels("body_not_json").inc()
             raise GatewayError(400, "body_not_json", "the body must be UTF-8 JSON") from None
 
     def validate(raw: Any, agency: Agency, now_us: int,
@@ -366,9 +371,13 @@ def create_app(settings: GatewaySettings, ctx: GatewayContext) -> FastAPI:
             return submit(conn, items, ledger_topic=ctx.ledger_topic, alerts_topic=ctx.alerts_topic,
                           reference=ctx.reference, rulebook=rulebook(conn), now_us=now_us)
 
-    def count(results: list[Submitted]) -> None:
-        for s in results:
+    def count(items: list, results: list[Submitted]) -> None:
+        for item, s in zip(items, results):
             RECORDS.labels("redelivered" if s.redelivered else s.outcome).inc()
+            event = _event_of(item)
+            if s.outcome == outcomes.ACCEPTED and isinstance(event, Disbursement):
+                # both labels are checked against the reference data by validation: bounded
+                DISBURSEMENTS_IN.labels(event.source_type, event.programme_code).inc()
 
     async def one(request: Request, agency: Agency, expect: str) -> Response:
         raw = await read_json(request)
@@ -378,7 +387,7 @@ def create_app(settings: GatewaySettings, ctx: GatewayContext) -> FastAPI:
             RECORDS.labels(outcome.code).inc()
             raise GatewayError(status_of(outcome.code), outcome.code, outcome.message, outcome.field)
         [result] = await run_in_threadpool(store, [outcome], now_us)
-        count([result])
+        count([outcome], [result])
         if result.conflict:
             raise GatewayError(409, result.outcome, f"{result.source_system} reference {result.source_ref} was"
                                " recorded before with other content; the ledger keeps the original",
@@ -449,7 +458,7 @@ def create_app(settings: GatewaySettings, ctx: GatewayContext) -> FastAPI:
             raise GatewayError(422, "batch_declaration_mismatch", f"total_idr declares {declared_total}, the records"
                                f" add up to {total}; nothing in this batch was recorded", "total_idr")
         results = await run_in_threadpool(store, checked, now_us)
-        count(results)
+        count(checked, results)
         conflicts = [{"index": i, "code": s.outcome, "field": s.outcome.removeprefix("exists_with_different_"),
                       "message": f"{s.source_system} reference {s.source_ref} was recorded before with other content"}
                      for i, s in enumerate(results) if s.conflict]
@@ -602,6 +611,7 @@ class MeasuredApp:
         return b"".join(chunks)
 
     async def _too_large(self, send) -> None:
+        RECORDS.labels("body_too_large").inc()
         body = orjson.dumps({"code": "body_too_large", "field": None,
                              "message": f"the body is larger than {self.max_body_bytes:,} bytes"})
         await send({"type": "http.response.start", "status": 413,

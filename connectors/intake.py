@@ -188,7 +188,7 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
     for number, raw in chunk:
         report.rows += 1
         if isinstance(raw, RowError):
-            reject(number, raw, raw.code, None, raw.message)
+            reject(number, raw, raw.code, raw.field, raw.message)
             continue
         outcome = validate_any(raw, reference=reference, token_key=token_key, now_us=now_us)
         if isinstance(outcome, Rejection):
@@ -313,6 +313,12 @@ def _write(cur, new_keys, outbox_rows, identities: dict, households: dict) -> se
     return inserted
 
 
+def write_outbox(cur, outbox_rows, identities: dict, households: dict) -> set[str]:
+    """Records that need no idempotency key of the ledger's (registry extracts): their outbox rows
+    and vault rows, in the caller's transaction; returns the event ids new to the outbox."""
+    return _write(cur, [], outbox_rows, identities, households)
+
+
 @dataclass(frozen=True, slots=True)
 class Submitted:
     """What became of one record handed to `submit`."""
@@ -386,6 +392,9 @@ def submit(conn: psycopg.Connection, items: list[Accepted | AcceptedReversal | A
                     outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(),
                                         codec.encode_disbursement(d), _ts(d.recorded_at_us)))
                     ident = acc.identity
+                    if ident is None:  # a direct producer's record: its clear identity never left the sender
+                        results.append(Submitted(ACCEPTED, d.event_id, *key))
+                        continue
                     identities[ident.person_token] = (ident.person_token, ident.identity_kind, ident.nik,
                                                       ident.provisional_id, ident.recipient_name)
                     if d.kk_token and ident.kk:

@@ -55,7 +55,7 @@ import random
 from bisect import bisect_left, bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from itertools import accumulate, combinations, count
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -1588,6 +1588,41 @@ def generate(n_records: int, *, seed: int = 20261122, first_period: str = "2026-
         records = list(_stream(n_records, seed, first_period, months, duplicate_rate, redelivery_rate,
                                modified_rate, invalid_rate, case_rate, reversal_rate, answer_key))
     return Dataset(records, answer_key)
+
+
+def budget_records(records: Iterable[dict], *, headroom: float = 1.25, short_lines: int = 1,
+                   short_share: float = 0.8) -> tuple[list[dict], list[str]]:
+    """The budget side of a dataset: for every budget line the payments name (funding account,
+    agency, programme), an allocation of `headroom` times what the records pay from it and a
+    treasury release of the same, dated before the line's first payment. The `short_lines`
+    largest lines get only `short_share` of what they pay: the overspend an audit must find.
+    Returns the records and the funding accounts planted short."""
+    paid: dict[tuple[str, str, str, str], list[int]] = {}
+    programmes = default_reference().programmes
+    for rec in records:
+        amount = rec.get("amount_idr")
+        if (rec.get("record_type", "disbursement") != "disbursement" or type(amount) is not int or amount <= 0
+                or rec.get("programme_code") not in programmes):  # a planted invalid row names no budget line
+            continue
+        line = paid.setdefault((rec["source_type"], rec["funding_account"], rec["agency_code"], rec["programme_code"]),
+                               [0, 0])
+        line[0] += amount
+        if rec["disbursed_at"] and (not line[1] or rec["disbursed_at"] < line[1]):
+            line[1] = rec["disbursed_at"]
+    short = {key for key, _ in sorted(paid.items(), key=lambda kv: (-kv[1][0], kv[0]))[:short_lines]}
+    out: list[dict] = []
+    for i, (key, (total, first)) in enumerate(sorted(paid.items())):
+        source_type, funding, agency, programme = key
+        amount = -(-int(total * (short_share if key in short else headroom)) // 1_000_000) * 1_000_000
+        day = (datetime.fromisoformat(first) - timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
+        out.append({"record_type": "allocation", "source_system": "SYNTH-BUDGET", "source_ref": f"ALLOC-{i:06d}",
+                    "source_type": source_type, "funding_account": funding, "agency_code": agency,
+                    "programme_code": programme, "fiscal_year": day.year, "amount_idr": amount,
+                    "allocated_at": day.isoformat()})
+        out.append({"record_type": "release", "source_system": "SYNTH-TREASURY", "source_ref": f"REL-{i:06d}",
+                    "source_type": source_type, "funding_account": funding, "agency_code": agency,
+                    "amount_idr": amount, "released_at": (day + timedelta(hours=2)).isoformat()})
+    return out, sorted(key[1] for key in short)
 
 
 def iter_records(n_records: int, *, seed: int = 20261122, first_period: str = "2026-01", months: int = 6,

@@ -24,7 +24,8 @@ from typing import Callable, Mapping
 
 import psycopg
 
-from aidcore.settings import GatewaySettings, ProjectorSettings, RelaySettings, StackSettings, WorkerSettings
+from aidcore.settings import (DashboardSettings, GatewaySettings, ProjectorSettings, RelaySettings, StackSettings,
+                              WorkerSettings, local_address)
 from infra import embedded, kafka
 from projections.migrate import migrate
 from projections.queries import progress
@@ -105,6 +106,27 @@ def seal_key(stack: StackSettings, home: Path, new_key: Callable[[], bytes] | No
     return key
 
 
+def dashboard_session_key(home: Path, key_file: str = "") -> bytes:
+    """The key that signs dashboard sessions; made (mode 600) on first use when missing."""
+    path = Path(key_file) if key_file else home / "secrets" / "dashboard-session.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        raise StackError(f"the dashboard session key in {path} must be hex") from None
+    if len(key) < 16:
+        raise StackError(f"the dashboard session key in {path} must be at least 16 bytes")
+    return key
+
+
 def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     """Everything `wait` needs: what is still behind, per stage. Empty lists mean caught up."""
     topics = declared_topics(stack)
@@ -127,7 +149,8 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     for p, end in sorted(marks.items()):
         if done.get(p, 0) < end:
             behind["worker"].append(f"{homes.name}[{p}] {end - done.get(p, 0)} behind")
-    for role in ("alerts", "deadletter", "state"):  # the state changelog: the stream's reversal decisions
+    # the state changelog: the stream's reversal decisions; the registry topic: imported extracts
+    for role in ("alerts", "deadletter", "state", "registry"):
         spec = topics[role]
         marks = asyncio.run(kafka.high_watermarks(bootstrap, spec.name, spec.partitions))
         for p, end in marks.items():
@@ -144,6 +167,7 @@ PORT_VARIABLES = (
     "AIDLEDGER_PROJECTOR_METRICS_PORT",
     "AIDLEDGER_RELAY_METRICS_PORT",
     "AIDLEDGER_GATEWAY_PORT",
+    "AIDLEDGER_DASHBOARD_PORT",
 )
 
 
@@ -200,6 +224,7 @@ class Stack:
             "AIDLEDGER_PROJECTOR_METRICS_PORT": ProjectorSettings.from_env(self.environ).metrics_port,
             "AIDLEDGER_RELAY_METRICS_PORT": RelaySettings.from_env(self.environ).metrics_port,
             "AIDLEDGER_GATEWAY_PORT": GatewaySettings.from_env(self.environ).port,
+            "AIDLEDGER_DASHBOARD_PORT": DashboardSettings.from_env(self.environ).port,
         }
         for i in range(self.workers):
             ports[f"AIDLEDGER_WORKER_METRICS_PORT (+{i})"] = worker.metrics_port + i
@@ -242,6 +267,7 @@ class Stack:
             for i in range(self.workers):
                 self.children[f"worker-{i}"] = Child(f"worker-{i}", ["worker", "--index", str(i)])
             self.children["gateway"] = Child("gateway", ["gateway"])
+            self.children["dashboard"] = Child("dashboard", ["dashboard"])
             for child in self.children.values():
                 self._spawn(child)
             self._write_endpoints()
@@ -271,12 +297,14 @@ class Stack:
 
     def endpoints(self) -> dict:
         worker = WorkerSettings.from_env(self.environ)
-        metrics = {f"worker-{i}": f"http://127.0.0.1:{worker.metrics_port + i}/metrics" for i in range(self.workers)}
-        metrics["projector"] = f"http://127.0.0.1:{ProjectorSettings.from_env(self.environ).metrics_port}/metrics"
-        metrics["relay"] = f"http://127.0.0.1:{RelaySettings.from_env(self.environ).metrics_port}/metrics"
+        host = local_address(self.stack.metrics_addr)
+        metrics = {f"worker-{i}": f"http://{host}:{worker.metrics_port + i}/metrics" for i in range(self.workers)}
+        metrics["projector"] = f"http://{host}:{ProjectorSettings.from_env(self.environ).metrics_port}/metrics"
+        metrics["relay"] = f"http://{host}:{RelaySettings.from_env(self.environ).metrics_port}/metrics"
         metrics["gateway"] = f"{self.gateway_url()}/metrics"
         return {
             "gateway": self.gateway_url(),
+            "dashboard": self.dashboard_url(),
             "home": str(self.home),
             "kafka_bootstrap": self.bootstrap,
             "database_url": self.database_url,
@@ -291,8 +319,11 @@ class Stack:
 
     def gateway_url(self) -> str:
         gateway = GatewaySettings.from_env(self.environ)
-        host = "127.0.0.1" if gateway.host in ("0.0.0.0", "") else gateway.host
-        return f"http://{host}:{gateway.port}"
+        return f"http://{local_address(gateway.host)}:{gateway.port}"
+
+    def dashboard_url(self) -> str:
+        dashboard = DashboardSettings.from_env(self.environ)
+        return f"http://{local_address(dashboard.host)}:{dashboard.port}"
 
     def _put_rulebook_in_force(self) -> None:
         """The configured rulebook (AIDLEDGER_RULEBOOK, else the packaged default) becomes the one
@@ -349,14 +380,14 @@ class Stack:
         relay finds the log behind what it had published and publishes the outbox again from the
         start, the workers rebuild their state from that log (their changelogs went with the
         broker), and the projector reads it from offset zero (its rows are keyed by identities,
-        so what it had projected stays as it was). The gateway goes on answering throughout: it
-        needs PostgreSQL only."""
+        so what it had projected stays as it was). The gateway and the dashboard go on answering
+        throughout: they need PostgreSQL only."""
         from projections.projector import PROJECTOR_NAME
         from projections.writer import forget_offsets
 
         log.warning("the embedded broker stopped (see %s); starting a new one and re-publishing the outbox",
                     self.broker.log_path)
-        on_kafka = [c for c in self.children.values() if c.name != "gateway"]
+        on_kafka = [c for c in self.children.values() if c.name not in ("gateway", "dashboard")]
         for child in on_kafka:
             self.stop_child(child, timeout_s=5.0)
         self.broker.stop()

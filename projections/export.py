@@ -73,15 +73,20 @@ _BALANCES = (
     " FROM moved m LEFT JOIN ledger.account_balances b USING (account) ORDER BY m.account COLLATE \"C\"",
 )
 
+# Each alert with the stream's status (open, or void_reversed when a reversal took back what
+# raised it) and its case: the workflow status officers gave it (open when nobody acted), the
+# step and when.
 _ALERTS = (
     "alerts.csv",
-    ("alert_id", "revision", "status", "rule_id", "rulebook_version", "outcome_code", "subject_kind", "subject_token",
-     "programme_code", "period", "region_code", "amount_idr_at_stake", "amount_idr_total", "threshold",
-     "first_raised_at", "raised_at", "trigger_event_id", "lines"),
-    "SELECT alert_id, revision, status, rule_id, rulebook_version, outcome_code, subject_kind, subject_token,"
-    " programme_code, period, region_code, amount_idr_at_stake, amount_idr_total, threshold, first_raised_at,"
-    " raised_at, trigger_event_id, lines::text FROM ledger.alerts"
-    " WHERE period = %(period)s AND region_code LIKE %(region)s ORDER BY alert_id COLLATE \"C\"",
+    ("alert_id", "revision", "status", "case_status", "case_step", "case_changed_at", "rule_id", "rulebook_version",
+     "outcome_code", "subject_kind", "subject_token", "programme_code", "period", "region_code",
+     "amount_idr_at_stake", "amount_idr_total", "threshold", "first_raised_at", "raised_at", "trigger_event_id",
+     "lines"),
+    "SELECT a.alert_id, a.revision, a.status, coalesce(c.status, 'open'), coalesce(c.step, 0), c.at, a.rule_id,"
+    " a.rulebook_version, a.outcome_code, a.subject_kind, a.subject_token, a.programme_code, a.period, a.region_code,"
+    " a.amount_idr_at_stake, a.amount_idr_total, a.threshold, a.first_raised_at, a.raised_at, a.trigger_event_id,"
+    " a.lines::text FROM ledger.alerts a LEFT JOIN ledger.case_status c USING (alert_id)"
+    " WHERE a.period = %(period)s AND a.region_code LIKE %(region)s ORDER BY a.alert_id COLLATE \"C\"",
 )
 FILES = (_LEDGER, _BALANCES, _ALERTS)
 

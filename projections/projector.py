@@ -39,8 +39,21 @@ UNDECODABLE = Counter(
     "aidledger_projector_undecodable_total", "Records the projector could not decode and skipped, by topic role",
     ["role"],
 )
+TABLE_ROWS = Gauge(
+    "aidledger_projection_table_rows", "Live rows of each table in the ledger schema, PostgreSQL's running estimate",
+    ["table"],
+)
+TABLE_BYTES = Gauge(
+    "aidledger_projection_table_bytes", "Size on disk of each table in the ledger schema, with its indexes and TOAST",
+    ["table"],
+)
+# PostgreSQL's cumulative statistics, not count(*): a catalogue read, the same cost at any size
+TABLE_STATS_SQL = """
+    SELECT schemaname || '.' || relname, n_live_tup, pg_total_relation_size(relid)
+    FROM pg_stat_user_tables WHERE schemaname = 'ledger'
+"""
 PROJECTOR_NAME = "main"
-PROJECTED_ROLES = ("ledger", "alerts", "deadletter", "state")
+PROJECTED_ROLES = ("ledger", "alerts", "deadletter", "state", "registry")
 
 
 async def run_projector(database_url: str, stack: StackSettings, settings: ProjectorSettings,
@@ -72,7 +85,11 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
         for tp in tps:
             consumer.seek(tp, offsets.get((tp.topic, tp.partition), 0))
         log.info("projector reading %d partitions", len(tps))
+        stats_due = 0.0
         while not stop.is_set():
+            if time.monotonic() >= stats_due:
+                await asyncio.to_thread(report_table_sizes, conn)
+                stats_due = time.monotonic() + settings.table_stats_interval_s
             batch = await consumer.getmany(timeout_ms=100, max_records=settings.batch_max)
             if batch:
                 records = []
@@ -94,6 +111,8 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
                 ROWS.labels("budget").inc(stats.budget_events)
                 ROWS.labels("reversal").inc(stats.reversals)
                 ROWS.labels("reversal_posted").inc(stats.reversals_posted)
+                ROWS.labels("registry").inc(stats.registry_records)
+                UNDECODABLE.labels("registry").inc(stats.registry_undecodable)
                 UNDECODABLE.labels("ledger").inc(stats.events_undecodable)
                 UNDECODABLE.labels("alerts").inc(stats.alerts_undecodable)
                 UNDECODABLE.labels("state").inc(stats.changelog_undecodable)
@@ -115,3 +134,9 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
     finally:
         await consumer.stop()
         conn.close()
+
+
+def report_table_sizes(conn: psycopg.Connection) -> None:
+    for table, rows, size_bytes in conn.execute(TABLE_STATS_SQL).fetchall():
+        TABLE_ROWS.labels(table).set(rows)
+        TABLE_BYTES.labels(table).set(size_bytes)

@@ -33,13 +33,17 @@ from aidcore.settings import ProjectorSettings, StackSettings
 # - projected_at, chained_at, updated_at: the projector's wall clock when it wrote the row
 #   (PostgreSQL's now() in its transaction); everything else in those rows is from the log;
 # - deadletters.replayed_at: when an operator sent the dead letter back to the ledger
-#   (`aidledger deadletters replay`), an action taken on the projection, not a record on the log.
-# An alert's status is compared: case changes are alert revisions on the alerts topic.
+#   (`aidledger deadletters replay`), an action taken on the projection, not a record on the log;
+# - alerts.change_seq: the dashboard's feed cursor, the next number of a sequence at every write
+#   of the row, so it counts writes (which depend on where batches split), not content.
+# An alert's `status` (the stream's: open, void_reversed) is compared. The case workflow
+# (ledger.case_transitions) is what officers did, not a projection of the log, and is not rebuilt.
 COMPARED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "events": (("event_id",), ("projected_at",)),
     "chain": (("partition", "position"), ("chained_at",)),
     "person_totals": (("person_token", "programme_code", "period"), ()),
-    "alerts": (("alert_id",), ()),
+    "alerts": (("alert_id",), ("change_seq",)),
+    "registry_records": (("event_id",), ()),
     "deadletters": (("source_topic", "source_partition", "source_offset", "code"), ("projected_at", "replayed_at")),
     "budget_events": (("event_id",), ("projected_at",)),
     "reversals": (("event_id",), ("projected_at",)),

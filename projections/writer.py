@@ -36,6 +36,7 @@ from aidcore import chain, outcomes
 from aidcore import postings as money
 from aidcore.intake import BudgetAllocation, Disbursement, record_type_of
 from aidcore.ledger import event_id_text, idem_key, key_outcome, resubmission_outcome
+from projections.registries import project_registry
 from schemas import codec
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class BatchStats:
     reversals: int = 0  # reversals the stream took in, archived or changed status
     reversals_posted: int = 0
     changelog_undecodable: int = 0
+    registry_records: int = 0  # people of registry extracts projected
+    registry_undecodable: int = 0
 
 
 def _ts(us: int) -> datetime:
@@ -142,6 +145,7 @@ def write_batch(
     alert_records = [r for r in records if r.topic == topics["alerts"]]
     dead_records = [r for r in records if r.topic == topics["deadletter"]]
     state_records = [r for r in records if r.topic == topics.get("state")]
+    registry_records = [r for r in records if r.topic == topics.get("registry")]
     with _cyclic_gc_paused(), conn.transaction():
         with conn.cursor() as cur:
             trail = None
@@ -154,6 +158,8 @@ def write_batch(
                 _project_deadletters(cur, dead_records, stats)
             if trail is not None or state_records:
                 _project_money(cur, topics["ledger"], trail, state_records, stats)
+            if registry_records:
+                stats.registry_records, stats.registry_undecodable = project_registry(cur, registry_records)
             if trail is not None:
                 chaining.add_late(trail.archived)  # the budget records archived just now
                 chaining.write(cur)

@@ -207,9 +207,7 @@ class LedgerProcessor:
     async def _person_partition(self, tp, records: list, step: "_Step") -> None:
         partition = tp.partition
         offset_end = records[-1].offset + 1
-        hw = self.app.consumer.highwater(tp)
-        if hw is not None:
-            metrics.LAG.labels(str(partition)).set(max(0, hw - offset_end))
+        metrics.report_lag(self.app.consumer, tp, offset_end)
         accepted_values: list[bytes] = []
         offsets: list[int] = []
         removed: list[bytes] = []
@@ -306,6 +304,7 @@ class LedgerProcessor:
 
     async def _household_partition(self, tp, records: list, step: "_Step") -> None:
         partition = tp.partition
+        metrics.report_lag(self.app.consumer, tp, records[-1].offset + 1)
         state = self.households.partitions[partition]
         changed: dict = {}
         for record in records:
@@ -335,7 +334,7 @@ class LedgerProcessor:
             step.household_changes.append((partition, changed))
 
     async def _send_alert(self, alert):
-        metrics.ALERTS.labels(alert.rule_id).inc()
+        metrics.ALERTS.labels(alert.rule_id, metrics.regency_of(alert.region_code, self.reference.regencies)).inc()
         return await self.app.producer.send(self.alerts_topic, alert.subject_token.encode(), codec.encode_alert(alert),
                                             None, None, None)
 
@@ -343,7 +342,7 @@ class LedgerProcessor:
         """`message` is a consumer record: topic, partition, offset, key, value. A value too large to
         be produced again is cut to DEAD_LETTER_MAX_BYTES (its full length in a header): otherwise
         the produce would fail, the worker would exit, and the partition would stall on it."""
-        metrics.REJECTIONS.labels(code).inc()
+        metrics.DEAD_LETTERS.labels(code).inc()
         value = message.value
         headers = [
             ("code", code.encode()),

@@ -22,7 +22,7 @@ EVENTS = Counter("aidledger_baseline_events_total", "Events the baseline agent d
 
 
 def run_baseline(stack: StackSettings, metrics_port: int) -> None:
-    start_http_server(metrics_port, addr="127.0.0.1")
+    start_http_server(metrics_port, addr=stack.metrics_addr)
     topics = declared_topics(stack)
     app = faust.App(
         f"aidledger-{stack.topic_prefix}-baseline",

@@ -1,6 +1,9 @@
-"""The worker's Prometheus metrics, declared once."""
+"""The worker's Prometheus metrics, declared once, and the two helpers that give labels their
+bounded values. Counters are incremented per batch or per alert and dead letter, never per event."""
 
 from prometheus_client import Counter, Gauge, Histogram
+
+UNKNOWN_REGENCY = "unknown"
 
 EVENTS_IN = Counter(
     "aidledger_worker_events_total", "Ledger records read by the worker, by outcome", ["outcome"]
@@ -12,9 +15,12 @@ ACCEPTED_BY = Counter(
 ACCEPTED_IDR = Counter(
     "aidledger_worker_accepted_idr_total", "Rupiah in accepted disbursements", ["programme_code"]
 )
-ALERTS = Counter("aidledger_worker_alerts_total", "Alert revisions raised, by rule", ["rule_id"])
-REJECTIONS = Counter(
-    "aidledger_worker_rejections_total", "Records dead-lettered by the worker, by code", ["code"]
+ALERTS = Counter(
+    "aidledger_worker_alerts_total", "Alert revisions raised, by rule and regency (first four digits of the region code)",
+    ["rule_id", "regency_code"],
+)
+DEAD_LETTERS = Counter(
+    "aidledger_worker_dead_letters_total", "Records dead-lettered by the worker, by outcome code", ["code"]
 )
 BATCH_SECONDS = Histogram(
     "aidledger_worker_batch_seconds", "Time to decide and persist one batch",
@@ -25,7 +31,9 @@ INGEST_TO_DECISION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 LAG = Gauge(
-    "aidledger_worker_consumer_lag_records", "Records behind the high watermark, per ledger partition", ["partition"]
+    "aidledger_worker_consumer_lag_records",
+    "Records behind the high watermark, per partition of the ledger topic (person stage) and households topic"
+    " (household stage)", ["topic", "partition"],
 )
 PERSONS = Gauge("aidledger_worker_state_persons", "Person tokens held in the worker's live state")
 RECOVERY_SECONDS = Histogram(
@@ -41,3 +49,18 @@ RULEBOOK_ACTIVATIONS = Counter(
     "aidledger_worker_rulebook_activations_total", "Rulebook activations put in force, per ledger partition read",
     ["version"],
 )
+
+
+def regency_of(region_code: str, regencies) -> str:
+    """The regency label of an alert: a regency of the reference data, else `unknown`, so a
+    malformed region code can never grow the number of series."""
+    regency = region_code[:4]
+    return regency if regency in regencies else UNKNOWN_REGENCY
+
+
+def report_lag(consumer, tp, next_offset: int) -> None:
+    """Lag of one partition after a batch: the fetch's high watermark (right on Tansu, unlike
+    ListOffsets) less the next offset to read."""
+    hw = consumer.highwater(tp)
+    if hw is not None:
+        LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - next_offset))

@@ -12,7 +12,7 @@ from streams.app import create_app
 
 
 def run_worker(stack: StackSettings, worker: WorkerSettings, index: int = 0) -> None:
-    start_http_server(worker.metrics_port + index, addr="127.0.0.1")
+    start_http_server(worker.metrics_port + index, addr=stack.metrics_addr)
     app, _ = create_app(stack, worker)
     Worker(app, loglevel=stack.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()
     logging.getLogger(__name__).info("worker %d stopped", index)

@@ -3,12 +3,14 @@ of request bodies with readable defaults."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_NIK = "1871014504850001"
 
@@ -100,3 +102,23 @@ def issued_key(stdout: str) -> str:
     found = re.findall(r"^([0-9a-f]{16}\.[A-Za-z0-9_-]+)$", stdout, re.MULTILINE)
     assert len(found) == 1, stdout
     return found[0]
+
+
+def post_large(base: str, path: str, body: bytes, api_key: str) -> Answer:
+    """A body over the limit: the gateway may answer 413 and close before all of it is sent."""
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("X-API-Key", api_key)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        try:
+            conn.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = conn.getresponse()
+        return Answer(response.status, json.loads(response.read()), {})
+    finally:
+        conn.close()

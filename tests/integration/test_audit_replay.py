@@ -19,7 +19,9 @@ from test_money_trail import allocation, payment, release, reversal
 
 from connectors import synthetic
 from infra.stack import Stack
+from aidcore.cases import Transition
 from projections import export
+from projections.cases import record_transition
 from projections.replay import database_url
 from schemas import codec
 
@@ -184,6 +186,11 @@ def _csv_rows(path) -> list[dict]:
 
 def test_export_writes_the_period_with_a_manifest_that_holds(stack, cli, ledger, tmp_path):
     cli.run("audit", "seal", "--out", str(tmp_path / "seal.json"))  # makes the seal key: the manifest is signed
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:  # an officer acknowledges one case
+        acknowledged = conn.execute("SELECT alert_id FROM ledger.alerts WHERE period = '2026-03'"
+                                    " ORDER BY alert_id LIMIT 1").fetchone()[0]
+        assert record_transition(conn, acknowledged, 1, Transition("acknowledge", "open", "acknowledged", "", None, None),
+                                 "pmo-officer", "pmo")
     whole = _export(cli, tmp_path / "all")
     assert export.check(tmp_path / "all") == []
     for name, f in whole["files"].items():
@@ -205,8 +212,10 @@ def test_export_writes_the_period_with_a_manifest_that_holds(stack, cli, ledger,
         assert A not in text and B not in text
     balances = {r["account"]: int(r["period_movement_idr"]) for r in _csv_rows(tmp_path / "all" / "balances.csv")}
     assert sum(balances.values()) == 0  # every line's legs balance
-    statuses = {r["status"] for r in _csv_rows(tmp_path / "all" / "alerts.csv")}
-    assert statuses and statuses <= {"open", "void_reversed"}
+    alert_rows = _csv_rows(tmp_path / "all" / "alerts.csv")
+    assert {r["status"] for r in alert_rows} <= {"open", "void_reversed"}
+    assert {(r["alert_id"], r["case_status"], r["case_step"]) for r in alert_rows if r["case_status"] != "open"} == {
+        (acknowledged, "acknowledged", "1")}
 
     # the same data gives the same bytes
     again = _export(cli, tmp_path / "again")

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from conftest import REPO, Cli, stack_environ, wait_until
-from gateway_client import DEFAULT_NIK, batch, call, issued_key, nik, record, reversal
+from gateway_client import DEFAULT_NIK, batch, call, issued_key, nik, post_large, record, reversal
 
 from infra.embedded import free_port
 from infra.stack import Stack
@@ -283,21 +283,8 @@ def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(base, key):
     url = urlsplit(base)
     # declared: the gateway may answer and close before the client has sent it all, so the
     # client must read the answer even when its send hits a closed socket
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    try:
-        conn.putrequest("POST", "/v1/batches")
-        conn.putheader("X-API-Key", key)
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Content-Length", str(len(big)))
-        conn.endheaders()
-        try:
-            conn.send(big)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        response = conn.getresponse()
-        assert response.status == 413 and json.loads(response.read())["code"] == "body_too_large"
-    finally:
-        conn.close()
+    answer = post_large(base, "/v1/batches", big, key)
+    assert answer.status == 413 and answer.code == "body_too_large"
     # chunked: no Content-Length, the bytes themselves are counted
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     try:

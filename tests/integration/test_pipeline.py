@@ -234,7 +234,9 @@ def test_every_process_serves_prometheus_metrics(stack, ingested):
         return float(m.group(1))
 
     assert value(text["worker-0"], 'aidledger_worker_events_total{outcome="accepted"}') > 0
-    assert value(text["worker-0"], 'aidledger_worker_alerts_total{rule_id="duplicate_person_programme_period"}') > 0
+    duplicates = re.findall(r'^aidledger_worker_alerts_total\{regency_code="(\d{4}|unknown)",'
+                            r'rule_id="duplicate_person_programme_period"\} ([0-9.e+]+)$', text["worker-0"], re.MULTILINE)
+    assert sum(float(n) for _, n in duplicates) > 0
     assert "aidledger_worker_consumer_lag_records" in text["worker-0"]
     assert "aidledger_ingest_to_decision_seconds_bucket" in text["worker-0"]
     assert value(text["projector"], 'aidledger_projector_rows_total{kind="event"}') > 0

@@ -53,6 +53,10 @@ def sample_record(name: str) -> dict:
     if name == codec.POSTINGS:
         result = decide([disbursement(), disbursement(source_ref="R-2")])
         return codec.codec(codec.POSTINGS).decode(codec.encode_postings("builtin-1", result.postings))
+    if name == codec.REGISTRY:
+        return {"event_id": "5b1e0c1a-8f3e-5d7a-9a51-3c1f6f2d9e10", "registry": "P3KE", "extract_date": "2026-10-01",
+                "person_token": "a" * 32, "kk_token": None, "regency_code": "1807", "village_code": "1807012003",
+                "decile": 1, "source_row_ref": "p3ke.csv:2", "recorded_at_us": NOW_US}
     raise AssertionError(f"no sample for {name}; add one when a record is added to RECORD_NAMES")
 
 
@@ -290,7 +294,8 @@ def test_every_truncation_of_the_body_is_malformed():
 def test_codec_error_codes_are_wire_codes():
     from aidcore.outcomes import WIRE_CODES
 
-    assert set(WIRE_CODES) == {"value_missing", "avro_marker_invalid", "schema_fingerprint_unknown", "avro_body_malformed"}
+    assert set(WIRE_CODES) == {"value_missing", "avro_marker_invalid", "schema_fingerprint_unknown", "avro_body_malformed",
+                               "text_encoding_invalid"}
 
 
 def test_decode_disbursements_keeps_going_past_bad_values():

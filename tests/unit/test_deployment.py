@@ -8,7 +8,9 @@ with the code, read from the files as Docker Compose, Prometheus and Grafana wou
 - every AIDLEDGER_* variable the deployment sets is a setting aidcore/settings.py reads, and no
   secret is written into the files;
 - every metric and label the alert rules and the dashboard use exists in the code's Prometheus
-  registry, and Prometheus scrapes each process on the port its settings give it.
+  registry, and Prometheus scrapes each process on the port its settings give it;
+- the HTTP gateway and the PMO dashboard run with the settings and secrets their commands read,
+  listen where the published ports and health checks expect them, and the dashboard runs once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import re
+import shutil
+import subprocess
 from dataclasses import fields
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -27,7 +32,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 from aidcore import ledger, rulebook
-from aidcore.settings import ALL_GROUPS, RelaySettings, StackSettings, WorkerSettings
+from aidcore.reference import default_reference
+from aidcore.settings import ALL_GROUPS, DashboardSettings, GatewaySettings, RelaySettings, StackSettings, WorkerSettings
 from aidledger import deploy
 from aidledger.cli import build_parser
 from schemas.topics import declared_topics
@@ -80,12 +86,17 @@ APP_SERVICES = {name: s for name, s in SERVICES.items() if image_name(s) == APP_
 # the long-running processes with a /metrics endpoint: their CLI command -> compose service
 PROCESS_SERVICES = {s["command"][0]: name for name, s in APP_SERVICES.items()
                     if s.get("command") and s["command"][0] in deploy.METRICS_SETTINGS}
+# the HTTP processes: their CLI command -> compose service
+HTTP_SERVICES = {s["command"][0]: name for name, s in APP_SERVICES.items()
+                 if s.get("command") and s["command"][0] in deploy.HTTP_SETTINGS}
 SETTING_VARIABLES = {f.metadata["env"] for group in ALL_GROUPS for f in fields(group)}
 
 
 def test_the_files_describe_the_whole_stack():
-    assert {"topics", "migrate", "rulebook", "postgres", "relay", "projector", "worker", "prometheus", "grafana"} <= set(SERVICES)
+    assert {"topics", "migrate", "rulebook", "postgres", "relay", "projector", "worker", "gateway", "dashboard",
+            "prometheus", "grafana"} <= set(SERVICES)
     assert set(PROCESS_SERVICES) == set(deploy.METRICS_SETTINGS), "a worker, a projector and a relay service"
+    assert HTTP_SERVICES == {"gateway": "gateway", "dashboard": "dashboard"}, "a gateway and a dashboard service"
 
 
 # --- Kafka ----------------------------------------------------------------------------------------
@@ -327,10 +338,11 @@ def test_secrets_live_in_files_that_git_ignores():
     assert "secrets/" in ignored and ".env" in ignored
 
 
-def test_only_the_operator_tool_holds_the_token_key():
-    """Intake and `trail` tokenize NIKs; the worker, projector and relay never need the key."""
+def test_only_intake_holds_the_token_key():
+    """Intake (the operator tool's `ingest`, the gateway's submissions) and `trail` tokenize NIKs;
+    the worker, projector, relay and dashboard never need the key."""
     holders = {name for name, s in SERVICES.items() if "nik_token_key" in secret_names(s)}
-    assert holders == {"cli"}
+    assert holders == {"cli", HTTP_SERVICES["gateway"]}
 
 
 def test_the_image_is_the_package_on_python_3_11_slim():
@@ -389,7 +401,29 @@ def test_the_registry_holds_the_metrics_of_every_process(registry):
     for name in ("aidledger_worker_events_total", "aidledger_projector_lag_records", "aidledger_relay_published_total",
                  "aidledger_ingest_to_alert_seconds_bucket"):
         assert name in registry
-    assert registry["aidledger_worker_consumer_lag_records"] == {"partition"}
+    assert registry["aidledger_worker_consumer_lag_records"] == {"topic", "partition"}
+    assert registry["aidledger_worker_alerts_total"] == {"rule_id", "regency_code"}
+    assert registry["aidledger_projection_table_rows"] == {"table"}
+
+
+# units last, counters in _total, histograms in a base unit; no label that could carry a person
+UNIT_SUFFIXES = ("_seconds", "_bytes", "_records", "_rows", "_partitions", "_persons", "_households")
+PERSONAL_LABEL = re.compile(r"nik|token|person|name|kk", re.I)
+
+
+def test_every_metric_follows_the_prometheus_naming_conventions(registry):
+    families = {family.name: family.type for family in REGISTRY.collect() if family.name.startswith("aidledger_")}
+    assert families
+    for name, kind in families.items():
+        assert re.fullmatch(r"aidledger_[a-z0-9_]+", name), name
+        if kind == "counter":
+            assert f"{name}_total" in registry and not name.endswith("_total"), name
+        elif kind == "histogram":
+            assert name.endswith(("_seconds", "_bytes")), f"{name}: a histogram is in a base unit"
+        elif kind == "gauge":
+            assert name.endswith(UNIT_SUFFIXES), f"{name}: a gauge names its unit last"
+    for series, labels in registry.items():
+        assert not [label for label in labels if PERSONAL_LABEL.search(label)], f"{series}: {labels}"
 
 
 # --- PromQL: which metrics and labels an expression uses ------------------------------------------
@@ -509,7 +543,14 @@ def test_every_alert_rule_uses_only_metrics_and_labels_of_the_code(rule, registr
     problems = promql_problems(rule["expr"], registry, shown)
     assert not problems, f"{rule['alert']}: {problems}"
     assert rule["labels"]["severity"] in {"critical", "warning", "info"}
-    assert rule["annotations"]["summary"]
+    assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), f"{rule['alert']}: every rule says how long it must hold"
+
+
+def test_the_operations_guide_says_what_to_do_for_every_alert():
+    guide = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = [rule["alert"] for rule in alert_rules() if f"`{rule['alert']}`" not in guide]
+    assert not missing, f"docs/operations.md does not explain {missing}"
 
 
 def test_the_alert_rule_tests_feed_series_the_code_defines(registry):
@@ -527,9 +568,26 @@ def test_the_alert_rule_tests_feed_series_the_code_defines(registry):
 
 
 def test_the_alert_rules_cover_stalls_lag_dead_letters_and_duplicate_spikes():
-    names = {rule["alert"] for rule in alert_rules()}
-    assert {"AidledgerWorkersStalled", "AidledgerConsumerLagGrowing", "AidledgerDeadLetterRateHigh",
-            "AidledgerDuplicateAlertSpike"} <= names
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    assert {"AidledgerTargetDown", "AidledgerPipelineStalled", "AidledgerWorkersStalled", "AidledgerConsumerLagGrowing",
+            "AidledgerDeadLetterRateHigh", "AidledgerDuplicateAlertSpike"} <= set(rules)
+    spike = promql_uses(rules["AidledgerDuplicateAlertSpike"]["expr"])
+    assert "regency_code" in spike[1], "the duplicate spike is watched per regency"
+
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"),
+                    reason="promtool is not installed (infra/system-packages.sh installs Debian's prometheus)")
+@pytest.mark.parametrize("args", [["check", "config", "prometheus.yml"], ["test", "rules", "alerts_test.yml"]],
+                         ids=["check-config", "test-rules"])
+def test_promtool_accepts_the_config_and_the_rule_tests_pass(args):
+    """Prometheus's own checker and rule unit tests: each alert fires on its case, with its labels
+    and annotations, and stays quiet on its look-alike (alerts_test.yml)."""
+    assert PROMTOOL, "promtool is missing: run infra/system-packages.sh"
+    done = subprocess.run([PROMTOOL, *args], cwd=MONITORING, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # --- the dashboard --------------------------------------------------------------------------------
@@ -649,3 +707,145 @@ def test_metrics_port_follows_the_settings():
     assert deploy.metrics_port("worker", {}) == WorkerSettings().metrics_port
     assert deploy.metrics_port("relay", {}) == RelaySettings().metrics_port
     assert deploy.metrics_port("project", {"AIDLEDGER_PROJECTOR_METRICS_PORT": "9700"}) == 9700
+
+
+# --- the doors: HTTP gateway and PMO dashboard ----------------------------------------------------
+
+
+def http_settings(process: str):
+    return deploy.HTTP_SETTINGS[process].from_env(environment(SERVICES[HTTP_SERVICES[process]]))
+
+
+def app_paths(process: str) -> set[str]:
+    """The routes the process's app serves, built as its command builds it (nothing connects)."""
+    from projections import cases, queries
+
+    if process == "gateway":
+        from connectors.gateway import GatewayContext, create_app
+        app = create_app(GatewaySettings(), GatewayContext("postgresql://unused", bytes(16), default_reference(),
+                                                           "ledger", "alerts"))
+    else:
+        from connectors.dashboard import DashboardContext, create_app
+        app = create_app(DashboardSettings(), DashboardContext("postgresql://unused", default_reference(), bytes(16),
+                                                               cases, queries.trail))
+    return {getattr(route, "path", "") for route in app.router.routes}
+
+
+def published(service: dict) -> list[tuple[str, str, int]]:
+    """(host address, host port or range, container port) of each published port."""
+    out = []
+    for port in service.get("ports", []):
+        *address, host_ports, container_port = str(port).split(":")  # [ADDRESS:]HOST_PORT[-LAST]:CONTAINER_PORT
+        out.append((":".join(address), host_ports, int(container_port)))
+    return out
+
+
+def completed_before(name: str) -> set[str]:
+    """The one-shot jobs that must have exited 0 before `name` starts, directly or through others."""
+    done = set()
+    for dependency, condition in (SERVICES[name].get("depends_on") or {}).items():
+        if condition.get("condition") == "service_completed_successfully":
+            done |= {dependency} | completed_before(dependency)
+    return done
+
+
+@pytest.mark.parametrize("process", sorted(deploy.HTTP_SETTINGS))
+def test_every_http_process_listens_where_its_port_is_published(process):
+    service = SERVICES[HTTP_SERVICES[process]]
+    settings = http_settings(process)
+    assert settings.host in ("0.0.0.0", "::"), f"{process} listens on {settings.host}: unreachable from outside its container"
+    ports = published(service)
+    assert ports, f"{process} publishes no port"
+    for address, _, container_port in ports:
+        assert container_port == settings.port, f"{process}: publishes container port {container_port}, listens on {settings.port}"
+        assert address == "127.0.0.1", f"{process}: plain HTTP published on {address or 'every address'}: keep it behind the TLS proxy"
+
+
+@pytest.mark.parametrize("process", sorted(deploy.HTTP_SETTINGS))
+def test_every_http_process_is_checked_on_a_path_it_serves(process):
+    service = SERVICES[HTTP_SERVICES[process]]
+    assert service["healthcheck"]["test"][-3:] == ["aidledger.deploy", "health", process]
+    url = urlsplit(deploy.health_url(process, environment(service)))
+    assert (url.hostname, url.port) == ("127.0.0.1", http_settings(process).port)
+    assert url.path in app_paths(process)
+
+
+@pytest.mark.parametrize("process", sorted(deploy.HTTP_SETTINGS))
+def test_every_http_process_runs_on_a_migrated_database_and_restarts(process):
+    service = SERVICES[HTTP_SERVICES[process]]
+    assert "migrate" in completed_before(HTTP_SERVICES[process])
+    assert service["restart"] == "unless-stopped"
+    env = environment(service)
+    assert StackSettings.from_env(env).database_url and env["DB_PASSWORD_FILE"] == "/run/secrets/db_password"
+    assert "db_password" in secret_names(service)
+
+
+def test_the_gateway_reads_the_token_key_from_its_secret():
+    """Intake tokenizes NIKs: without the key file the gateway would look for <home>/secrets, which a
+    container does not have, and refuse to start."""
+    service = SERVICES[HTTP_SERVICES["gateway"]]
+    key_file = StackSettings.from_env(environment(service)).nik_token_key_file
+    assert PurePosixPath(key_file).parent == PurePosixPath("/run/secrets")
+    assert PurePosixPath(key_file).name in secret_names(service) and PurePosixPath(key_file).name in COMPOSE["secrets"]
+
+
+def test_the_dashboard_signs_sessions_with_one_key_from_a_secret():
+    """Without the key file each container would make its own key on start, and every restart would
+    sign everyone out; the cookie is Secure because the dashboard is served through HTTPS."""
+    service = SERVICES[HTTP_SERVICES["dashboard"]]
+    settings = http_settings("dashboard")
+    key = PurePosixPath(settings.session_key_file)
+    assert key.parent == PurePosixPath("/run/secrets")
+    assert key.name in secret_names(service) and key.name in COMPOSE["secrets"]
+    assert settings.secure_cookies
+
+
+def test_the_dashboard_runs_exactly_once_and_the_gateway_may_scale():
+    """The dashboard's live feed listens per process: one replica, on a fixed host port so that a
+    second one cannot start. Gateway replicas each get a host port of the published range."""
+    dashboard = SERVICES[HTTP_SERVICES["dashboard"]]
+    assert dashboard["deploy"]["replicas"] == 1
+    assert all(ports.isdigit() for _, ports, _ in published(dashboard)), "a fixed host port, no range"
+    gateway = SERVICES[HTTP_SERVICES["gateway"]]
+    ((_, ports, _),) = published(gateway)
+    first, _, last = ports.partition("-")
+    assert int(last or first) - int(first) + 1 >= gateway.get("deploy", {}).get("replicas", 1)
+    assert int(last or first) > int(first), "a range of host ports, so that the gateway can scale"
+
+
+@pytest.mark.parametrize("process", sorted(deploy.HTTP_SETTINGS))
+def test_prometheus_scrapes_the_http_processes_that_serve_metrics(process):
+    service = HTTP_SERVICES[process]
+    scraping = {job for job, targets in scrape_targets().items() if any(host == service for host, _ in targets)}
+    if "/metrics" in app_paths(process):
+        port = http_settings(process).port
+        assert [job for job, targets in scrape_targets().items() if (service, port) in targets], \
+            f"no scrape job has {service}:{port}"
+    else:
+        assert not scraping, f"{service} serves no /metrics, yet {scraping} scrape it"
+
+
+def test_the_health_step_asks_the_http_processes_healthz():
+    """A real HTTP server stands in for the gateway: 200 on /healthz is healthy, no answer is not."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    env = {"AIDLEDGER_GATEWAY_HOST": "0.0.0.0", "AIDLEDGER_GATEWAY_PORT": str(server.server_port)}
+    try:
+        assert deploy.main(["health", "gateway"], environ=env) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert deploy.main(["health", "gateway"], environ=env) == 1

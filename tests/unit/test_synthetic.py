@@ -17,8 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aidcore import intake
 from aidcore.reference import default_reference
 from aidcore.rulebook import default_rulebook
+from connectors import synthetic
 from connectors.synthetic import (
     FIELDS,
     INVALID_VARIANTS,
@@ -606,3 +608,32 @@ def test_intake_rejects_exactly_the_planted_invalid_rows(ds):
     for r in ds.records[:5_000] + [r for r in ds.records if key(r) in expected or is_reversal(r)]:
         out = intake.validate_any(r, reference=REFERENCE, token_key=b"k" * 32, now_us=now_us)
         assert getattr(out, "code", None) == expected.get(key(r)), (r, out)
+
+
+def test_budget_records_cover_every_line_and_plant_the_largest_short():
+    dataset = synthetic.generate(3_000, seed=5)
+    budget, short = synthetic.budget_records(dataset.records)
+    ref = default_reference()
+    paid: dict[tuple, int] = {}
+    for rec in dataset.records:
+        if "record_type" not in rec and type(rec["amount_idr"]) is int and rec["amount_idr"] > 0 \
+                and rec["programme_code"] in ref.programmes:
+            key = (rec["funding_account"], rec["agency_code"], rec["programme_code"])
+            paid[key] = paid.get(key, 0) + rec["amount_idr"]
+    allocated = {(r["funding_account"], r["agency_code"], r["programme_code"]): r["amount_idr"]
+                 for r in budget if r["record_type"] == "allocation"}
+    released: Counter = Counter()
+    for r in budget:
+        if r["record_type"] == "release":
+            released[(r["funding_account"], r["agency_code"])] += r["amount_idr"]
+    assert allocated.keys() == paid.keys() and len(short) == 1
+    largest = max(paid, key=paid.get)
+    assert short == [largest[0]]
+    for key, amount in allocated.items():
+        assert amount % 1_000_000 == 0
+        assert (amount < paid[key]) == (key == largest)
+        released[key[:2]] -= amount
+    assert set(released.values()) == {0}  # each agency got in cash what each of its lines allocated
+    for r in budget:
+        outcome = intake.validate_any(r, reference=ref, token_key=b"k" * 32, now_us=2_000_000_000_000_000)
+        assert not isinstance(outcome, intake.Rejection), outcome
