@@ -712,14 +712,16 @@ def cmd_audit(args) -> int:
 
 def _audit_replay(args) -> int:
     """replay [--keep] [--json]: exit 0 when the rebuilt projections equal the live ones, 1 when not."""
+    import psycopg
+
     from projections import replay
 
     bootstrap, dsn = resolve_endpoints(_home(args))
     stack = StackSettings.from_env({**os.environ, "AIDLEDGER_KAFKA_BOOTSTRAP": bootstrap, "AIDLEDGER_DATABASE_URL": dsn})
     try:
         report = replay.replay(dsn, stack, keep=args.keep, progress=replay.ProgressBar("replay"))
-    except RuntimeError as err:
-        print(f"aidledger audit replay: {err}", file=sys.stderr)
+    except (RuntimeError, psycopg.Error) as err:  # exit 1 means "differs": anything that stopped the run is 2
+        print(f"aidledger audit replay: could not replay: {err}", file=sys.stderr)
         return 2
     if args.json:
         _dump(report.as_dict())
