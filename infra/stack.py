@@ -81,6 +81,53 @@ def token_key(stack: StackSettings, home: Path) -> bytes:
     return key
 
 
+def submissions_key_path(stack: StackSettings, home: Path) -> Path:
+    return Path(stack.submissions_key_file) if stack.submissions_key_file else home / "secrets" / "submissions.key"
+
+
+def add_submissions_key(path: Path, private_key: bytes) -> None:
+    """Put a new submissions private key first in the key file (mode 600), keeping the older ones:
+    the door opens records sealed to any of them, and agencies get the first one's public key."""
+    older = path.read_text() if path.exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    new = path.with_name(path.name + ".new")
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(private_key.hex() + "\n" + older)
+    os.replace(new, path)
+
+
+def ensure_submissions_key(stack: StackSettings, home: Path) -> None:
+    """Create the submissions key on first start when none is configured."""
+    from schemas.sealing import new_private_key
+
+    path = submissions_key_path(stack, home)
+    if not stack.submissions_key and not path.exists():
+        add_submissions_key(path, new_private_key())
+
+
+def submissions_keys(stack: StackSettings, home: Path) -> list[bytes]:
+    """The submissions private keys, the current one first."""
+    from schemas.sealing import parse_key
+
+    if stack.submissions_key:
+        texts = stack.submissions_key.split(",")
+    else:
+        path = submissions_key_path(stack, home)
+        if not path.exists():
+            raise StackError(f"no submissions key: set AIDLEDGER_SUBMISSIONS_KEY(_FILE), run `aidledger keys"
+                             f" submissions-keypair` or start the stack once (`aidledger up`) to create {path}")
+        texts = path.read_text().split()
+    try:
+        keys = [parse_key(t, "submissions key") for t in texts if t.strip()]
+    except ValueError as err:
+        raise StackError(str(err)) from None
+    if not keys:
+        raise StackError("the submissions key setting holds no key")
+    return keys
+
+
 def seal_key_path(stack: StackSettings, home: Path) -> Path:
     return Path(stack.audit_seal_key_file) if stack.audit_seal_key_file else home / "secrets" / "audit-seal.key"
 
@@ -248,6 +295,7 @@ class Stack:
             raise StackError(f"a stack is already running under {self.home} (pid {recorded['supervisor_pid']})")
         self.check_ports()
         ensure_token_key(self.stack, self.home)
+        ensure_submissions_key(self.stack, self.home)
         try:
             if self.stack.kafka_bootstrap:
                 self.bootstrap = self.stack.kafka_bootstrap
