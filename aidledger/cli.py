@@ -155,12 +155,12 @@ def cmd_relay(args) -> int:
 
 def cmd_gateway(args) -> int:
     from aidcore.settings import GatewaySettings
+    from connectors.door import Door
+    from connectors.door import group_id as door_group_id
     from connectors.gateway import GatewayContext, serve
     from infra.stack import submissions_keys, token_key
     from schemas.sealing import Opener
     from schemas.topics import declared_topics
-
-    from connectors.door import Door
 
     stack = _stack()
     _setup_logging(stack.log_level)
@@ -170,7 +170,7 @@ def cmd_gateway(args) -> int:
     if stack.kafka_bootstrap:  # the submissions topic's door runs beside the HTTP door
         door = Door(bootstrap=stack.kafka_bootstrap, database_url=stack.database_url, reference=default_reference(),
                     topics={role: spec.name for role, spec in topics.items()},
-                    group=f"aidledger-{stack.topic_prefix}-door", token_key=key,
+                    group=door_group_id(stack), token_key=key,
                     opener=Opener(submissions_keys(stack, _home(args))), fetch_max_wait_ms=stack.fetch_max_wait_ms)
         door.start()
     try:

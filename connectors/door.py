@@ -53,6 +53,11 @@ DEAD_LETTER_MAX_BYTES = 256 * 1024
 
 
 @lru_cache(maxsize=1)
+def group_id(stack) -> str:
+    """The consumer group of every gateway's door: `aidledger wait` reads its committed offsets."""
+    return f"aidledger-{stack.topic_prefix}-door"
+
+
 def _other_schemas() -> frozenset[bytes]:
     """Fingerprints of every schema the project knows that the submissions topic does not carry."""
     accepted = set(codec.codec(codec.SUBMISSION)._writers)

@@ -26,6 +26,7 @@ import psycopg
 
 from aidcore.settings import (DashboardSettings, GatewaySettings, ProjectorSettings, RelaySettings, StackSettings,
                               WorkerSettings, local_address)
+from connectors.door import group_id as door_group_id
 from infra import embedded, kafka
 from projections.migrate import migrate
 from projections.queries import progress
@@ -180,7 +181,14 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     ledger = topics["ledger"].name
     with psycopg.connect(dsn) as conn:
         prog = progress(conn)
-    behind = {"relay": [], "worker": [], "projector": []}
+    behind = {"door": [], "relay": [], "worker": [], "projector": []}
+    # first the door of the submissions topic: what it takes goes on to the outbox
+    submissions = topics["submissions"]
+    marks = asyncio.run(kafka.high_watermarks(bootstrap, submissions.name, submissions.partitions))
+    taken = kafka.committed_offsets(bootstrap, door_group_id(stack), submissions.name)
+    for p, end in sorted(marks.items()):
+        if taken.get(p, 0) < end:
+            behind["door"].append(f"{submissions.name}[{p}] {end - taken.get(p, 0)} behind")
     if prog["relay_seq"] < prog["outbox_max_seq"]:
         behind["relay"].append(f"outbox {prog['outbox_max_seq'] - prog['relay_seq']} records unpublished")
     produced = {p: o for (t, p), o in prog["relay_offsets"].items() if t == ledger}
