@@ -36,7 +36,9 @@ WARM_UP_S = min(120.0, MINUTES * 60 / 5)
 SAMPLE_EVERY_S = 5.0
 BATCH = 100
 GROWTH_MAX = 0.10
-BROKER_KIB_PER_RECORD_MAX = 8.0
+BROKER_KIB_PER_RECORD_MAX = 8.0  # measured 3.0: each record is on the ledger, households and state topics
+WORKER_KIB_PER_RECORD_MAX = 1.0  # measured 0.36 per record a worker decided: its person and household state
+SMALL_KIB = 2048
 STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 
 
@@ -150,7 +152,7 @@ def _soak(stack, out: Path) -> None:
     assert not failures, failures[:3]
     assert {c.name: c.restarts for c in stack.children.values()} == restarts_before
 
-    summary = growth(samples, WARM_UP_S)
+    summary = judge(samples, growth(samples, WARM_UP_S))
     figures = check(stack, accepted, timeout_s=600)
     rate = len(accepted.amounts) / duration_s
     result = {"minutes": MINUTES, "warm_up_s": WARM_UP_S, "rate_per_s": round(rate), "records": len(accepted.amounts),
@@ -160,15 +162,31 @@ def _soak(stack, out: Path) -> None:
           f" memory after warm-up (KiB, VmRSS - RssShmem):")
     for name, s in summary.items():
         print(f"  {name:<70} {s['after_warm_up_kib']:>9,} -> {s['end_kib']:>9,}  {s['growth']:+.1%}")
-    # The embedded broker's memory storage is the log itself: it grows with every record by
-    # design (the outbox is the durable copy), so it is held to a bound per record instead.
-    broker = summary.pop("broker")
-    after = [s["records"] for s in samples if s["process"] == "broker" and s["t_s"] >= WARM_UP_S]
-    per_record = (broker["end_kib"] - broker["after_warm_up_kib"]) / max(1, after[-1] - after[0])
-    print(f"  broker: {per_record:.2f} KiB per record received after warm-up (its log, held in memory)")
-    assert per_record <= BROKER_KIB_PER_RECORD_MAX
-    grown = {n: s for n, s in summary.items() if s["growth"] > GROWTH_MAX}
-    assert not grown, f"grew more than {GROWTH_MAX:.0%} after warm-up: {grown}"
+    for name, s in summary.items():
+        assert s["ok"], f"{name} grew beyond its bound after warm-up: {s}"
+
+
+def judge(samples: list[dict], summary: dict[str, dict]) -> dict[str, dict]:
+    """Each process against its bound. Two hold the ledger's data and grow with it by design: the
+    embedded broker (its memory storage is the log) and the workers (their state holds every
+    payment), so they are held to a bound per record received after warm-up instead. Every other
+    process: at most GROWTH_MAX, with SMALL_KIB of slack for the small PostgreSQL helpers, whose
+    few MiB move by pages of bookkeeping (the checkpointer's table of relation files)."""
+    marks = sorted({(s["t_s"], s["records"]) for s in samples if s["t_s"] >= WARM_UP_S})
+    records = max(1, marks[-1][1] - marks[0][1])
+    out = {}
+    workers = [n for n in summary if n.startswith("worker-")]
+    for name, s in summary.items():
+        grown = s["end_kib"] - s["after_warm_up_kib"]
+        if name == "broker":
+            out[name] = {**s, "kib_per_record": round(grown / records, 3),
+                         "ok": grown / records <= BROKER_KIB_PER_RECORD_MAX}
+        elif name in workers:
+            per = grown / (records / len(workers))
+            out[name] = {**s, "kib_per_record": round(per, 3), "ok": per <= WORKER_KIB_PER_RECORD_MAX}
+        else:
+            out[name] = {**s, "ok": grown <= max(GROWTH_MAX * s["after_warm_up_kib"], SMALL_KIB)}
+    return out
 
 
 def growth(samples: list[dict], warm_up_s: float) -> dict[str, dict]:
