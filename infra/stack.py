@@ -266,6 +266,7 @@ class Stack:
     database_url: str = ""
     children: dict[str, Child] = field(default_factory=dict)
     broker_restarts: int = 0
+    postgres_restarts: int = 0
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -405,6 +406,9 @@ class Stack:
         """Restart children that died, backing off when one keeps dying young; returns the names
         restarted."""
         restarted = []
+        if self.postgres is not None and not self.postgres.alive():
+            self.recover_postgres()  # first: the children that died with it need it back
+            restarted.append("postgres")
         now = time.monotonic()
         for child in self.children.values():
             if child.process is None or child.process.poll() is None:
@@ -425,9 +429,18 @@ class Stack:
         if self.broker is not None and not self.broker.alive():
             self.recover_broker()
             restarted.append("broker")
-        if self.postgres is not None and not self.postgres.alive():
-            raise StackError(f"the embedded postgres stopped; see {self.postgres.log_path}")
         return restarted
+
+    def recover_postgres(self) -> None:
+        """The embedded PostgreSQL stopped (crashed, or was killed): start it again on the same
+        data directory and port, which runs its crash recovery; everything committed is there.
+        The relay, the projector and the gateway lose their connections; those that exit are
+        restarted like any child, and resume from what PostgreSQL committed (the relay from its
+        cursor, the projector from its tracked offsets). A start that fails raises."""
+        log.warning("the embedded postgres stopped (see %s); starting it again", self.postgres.log_path)
+        self.postgres.stop()
+        self.postgres = embedded.start_postgres(self.home, self.stack.postgres_port)
+        self.postgres_restarts += 1
 
     def recover_broker(self) -> None:
         """The embedded broker keeps its log in memory, so a broker that stopped took the log with
