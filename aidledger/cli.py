@@ -424,15 +424,14 @@ def cmd_registries(args) -> int:
 
     import psycopg
 
-    from aidcore.registries import REGISTRIES, disagreements
-    from projections.registries import current_registries, extracts
+    from aidcore.registries import REGISTRIES
+    from projections.registries import disagreement_report, extracts
 
     home = _home(args)
     _, dsn = resolve_endpoints(home)
     if args.action == "report":
         with psycopg.connect(dsn) as conn:
-            report = disagreements(current_registries(conn, args.regency), regency=args.regency,
-                                   examples_per_kind=args.examples)
+            report = disagreement_report(conn, args.regency, examples_per_kind=args.examples)
         if args.json:
             _dump(report.as_dict())
             return 0
