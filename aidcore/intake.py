@@ -682,6 +682,12 @@ def validate_record(
     disbursed_at_us = to_us(disbursed_at)
     if disbursed_at_us > now_us + reference.future_tolerance_s * 1_000_000:
         return _reject("disbursed_at_in_future", "disbursed_at", "disbursed_at lies in the future")
+    # months from the period to the month of payment, in the sender's own calendar
+    arrears = (disbursed_at.year * 12 + disbursed_at.month) - (int(period[:4]) * 12 + int(period[5:7]))
+    if not -reference.period_advance_months_max <= arrears <= reference.period_arrears_months_max:
+        return _reject("period_out_of_range", "period",
+                       f"period {period} is more than {reference.period_arrears_months_max} months before or "
+                       f"{reference.period_advance_months_max} months after the month it was paid in")
 
     channel = _text(raw, "channel")
     if channel not in reference.channels:

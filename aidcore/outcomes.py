@@ -43,6 +43,7 @@ INTAKE_CODES: tuple[str, ...] = (
     "disbursed_at_invalid",
     "disbursed_at_needs_offset",
     "disbursed_at_in_future",
+    "period_out_of_range",
     "channel_unknown",
     "region_code_must_be_10_ascii_digits",
     "funding_account_required",

@@ -13,7 +13,7 @@ The tests share one stack and one known set, in this order:
 5. kill -9 of the broker under load from the CLI and the gateway; the supervisor starts a new one
    and the relay re-publishes the outbox.
 
-Figures go to the test output and, when AIDLEDGER_FAULT_RESULTS names a file, into it as JSON.
+Figures go to the test output and, when AIDLEDGER_TEST_FAULT_RESULTS names a file, into it as JSON.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def stack(tmp_path_factory):
         yield s
     finally:
         s.stop()
-        out = os.environ.get("AIDLEDGER_FAULT_RESULTS")
+        out = os.environ.get("AIDLEDGER_TEST_FAULT_RESULTS")
         if out and RESULTS:
             Path(out).write_text(json.dumps(RESULTS, indent=2) + "\n")
 

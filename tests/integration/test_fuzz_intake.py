@@ -91,7 +91,8 @@ def _gateway_case(category: str, raw: dict, rng: random.Random, sent_before: lis
         "amount_fraction": ({**raw, "amount_idr": "1500.5"}, None, 422, "amount_idr_must_be_whole_rupiah"),
         "amount_huge": ({**raw, "amount_idr": 10**15}, None, 422, "amount_idr_too_large"),
         "future_dated": ({**raw, "disbursed_at": "2031-01-01T00:00:00+07:00"}, None, 422, "disbursed_at_in_future"),
-        "out_of_period": ({**raw, "period": "2026-13"}, None, 422, "period_must_be_yyyy_mm"),
+        "out_of_period": ({**raw, "period": rng.choice(("2024-01", "2025-03", "2026-08"))}, None, 422,
+                          "period_out_of_range"),
         "programme_unknown": ({**raw, "programme_code": "NOPE"}, None, 422, "programme_code_unknown"),
         "oversized": (None, b'{"pad": "' + b"x" * 1_100_000 + b'"}', 413, "body_too_large"),
         "null_value": (None, b"null", 422, "record_must_be_an_object"),
@@ -138,7 +139,7 @@ def _topic_case(category: str, raw: dict, rng: random.Random, public: bytes, sen
         "amount_negative": ({"amount_idr": -5000}, "amount_idr_must_be_positive"),
         "amount_huge": ({"amount_idr": 10**12}, "amount_idr_too_large"),  # fewer than 16 digits: the JSON is clear
         "future_dated": ({"disbursed_at": "2031-01-01T00:00:00+07:00"}, "disbursed_at_in_future"),
-        "out_of_period": ({"period": "1999-12"}, "period_must_be_yyyy_mm"),
+        "out_of_period": ({"period": "2027-02"}, "period_out_of_range"),
         "programme_unknown": ({"programme_code": "NOPE"}, "programme_code_unknown"),
     }
     if category in forged:

@@ -2,8 +2,8 @@
 grows beyond 10%, and at the end the oracle holds for everything the gateway acknowledged.
 
 Ten minutes in CI (about 180,000 records at 300 a second through the gateway, on the embedded
-stack with two workers); AIDLEDGER_SOAK_MINUTES runs it longer, AIDLEDGER_SOAK_RATE_PER_S at
-another rate. The samples go to a CSV (and a summary to JSON) in AIDLEDGER_SOAK_OUT when set.
+stack with two workers); AIDLEDGER_TEST_SOAK_MINUTES runs it longer, AIDLEDGER_TEST_SOAK_RATE_PER_S at
+another rate. The samples go to a CSV (and a summary to JSON) in AIDLEDGER_TEST_SOAK_OUT when set.
 
 What is measured is each process's resident memory less its shared memory (VmRSS - RssShmem
 from /proc/<pid>/status): PostgreSQL's shared buffer pool is shared memory, bounded by
@@ -30,8 +30,8 @@ from infra.stack import Stack
 
 pytestmark = pytest.mark.integration
 
-MINUTES = float(os.environ.get("AIDLEDGER_SOAK_MINUTES", "10"))
-RATE_PER_S = int(os.environ.get("AIDLEDGER_SOAK_RATE_PER_S", "300"))
+MINUTES = float(os.environ.get("AIDLEDGER_TEST_SOAK_MINUTES", "10"))
+RATE_PER_S = int(os.environ.get("AIDLEDGER_TEST_SOAK_RATE_PER_S", "300"))
 WARM_UP_S = min(120.0, MINUTES * 60 / 5)
 SAMPLE_EVERY_S = 5.0
 BATCH = 100
@@ -87,7 +87,7 @@ def test_soak_memory_is_flat_after_warm_up(tmp_path_factory):
     stack = Stack(home, env, workers=2)
     stack.start()
     try:
-        _soak(stack, Path(os.environ["AIDLEDGER_SOAK_OUT"]) if os.environ.get("AIDLEDGER_SOAK_OUT") else home)
+        _soak(stack, Path(os.environ["AIDLEDGER_TEST_SOAK_OUT"]) if os.environ.get("AIDLEDGER_TEST_SOAK_OUT") else home)
     finally:
         stack.stop()
 
