@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install system-packages demo test lint test-unit test-integration bench bench-scale bench-replay clean
+.PHONY: install system-packages demo test lint test-unit test-integration bench bench-scale bench-replay bench-registries clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench-scale: $(BENCH_STAMP)
 # `aidledger audit replay` twice (ARGS="--records 100000" for a smoke run)
 bench-replay: $(BENCH_STAMP)
 	$(BIN)/python -m aidledger.bench_replay $(ARGS)
+
+# opt-in: three registry extracts of 1,000,000 people imported, then the registries report timed
+# (~10 minutes); ARGS="--people 20000" for a smoke run, --compare to time the in-memory report too
+bench-registries: $(BENCH_STAMP)
+	$(BIN)/python -m aidledger.bench_registries $(ARGS)
 
 clean:
 	rm -rf $(VENV) .aidledger *.egg-info .pytest_cache .hypothesis

@@ -682,6 +682,12 @@ def validate_record(
     disbursed_at_us = to_us(disbursed_at)
     if disbursed_at_us > now_us + reference.future_tolerance_s * 1_000_000:
         return _reject("disbursed_at_in_future", "disbursed_at", "disbursed_at lies in the future")
+    # months from the period to the month of payment, in the sender's own calendar
+    arrears = (disbursed_at.year * 12 + disbursed_at.month) - (int(period[:4]) * 12 + int(period[5:7]))
+    if not -reference.period_advance_months_max <= arrears <= reference.period_arrears_months_max:
+        return _reject("period_out_of_range", "period",
+                       f"period {period} is more than {reference.period_arrears_months_max} months before or "
+                       f"{reference.period_advance_months_max} months after the month it was paid in")
 
     channel = _text(raw, "channel")
     if channel not in reference.channels:
@@ -744,93 +750,3 @@ _AMOUNT_MESSAGES = {
     "amount_idr_must_be_whole_rupiah": "amount_idr has a fraction of a rupiah; fractions are rejected, never rounded",
     "amount_idr_must_be_positive": "amount_idr must be greater than zero",
 }
-
-
-def _hex(text: str | None, length: int) -> bool:
-    return text is not None and len(text) == length and all(c in "0123456789abcdef" for c in text)
-
-
-def recheck(event: Disbursement | Reversal, *, reference: Reference, now_us: int) -> Rejection | None:
-    """The intake checks again, for an event that arrives already tokenized and encoded (a direct
-    producer's record, `connectors.door`): every check of `validate_record` / `validate_reversal`
-    that a token leaves possible, with the same codes, in the same order, with the same helpers;
-    then that the event id is the digest of the content, so a resubmission is recognised by it.
-    The checks of the NIK itself ran where it was tokenized (`validate_any`, in `connectors.sdk`)."""
-    source_system, source_ref = event.source_system, event.source_ref
-    if not source_system.strip():
-        return _reject("source_system_required", "source_system", "source_system is required")
-    if not source_ref.strip():
-        return _reject("source_ref_required", "source_ref", "source_ref is required")
-    if len(source_system) > MAX_REF_CHARS:
-        return _reject("source_system_too_long", "source_system", f"at most {MAX_REF_CHARS} characters")
-    if len(source_ref) > MAX_REF_CHARS:
-        return _reject("source_ref_too_long", "source_ref", f"at most {MAX_REF_CHARS} characters")
-    if isinstance(event, Reversal):
-        return _recheck_reversal(event, reference, now_us)
-    if event.source_type not in reference.source_types:
-        return _reject("source_type_unknown", "source_type", f"source_type must be one of {sorted(reference.source_types)}")
-    if not event.agency_code.strip():
-        return _reject("agency_code_required", "agency_code", "agency_code is required")
-    programme = reference.programmes.get(event.programme_code)
-    if not event.programme_code.strip():
-        return _reject("programme_code_required", "programme_code", "programme_code is required")
-    if programme is None:
-        return _reject("programme_code_unknown", "programme_code", f"unknown programme {event.programme_code[:40]!r}")
-    if not programme.active:
-        return _reject("programme_inactive", "programme_code", f"programme {event.programme_code} is not active")
-    problem = _person_and_amount(event, reference, "disbursement")
-    if problem is not None:
-        return problem
-    if event.kind not in reference.kinds:
-        return _reject("kind_unknown", "kind", f"kind must be one of {sorted(reference.kinds)}")
-    if not period_ok(event.period):
-        return _reject("period_must_be_yyyy_mm", "period", "period must be YYYY-MM, e.g. 2026-11")
-    if event.disbursed_at_us > now_us + reference.future_tolerance_s * 1_000_000:
-        return _reject("disbursed_at_in_future", "disbursed_at", "disbursed_at lies in the future")
-    if event.channel not in reference.channels:
-        return _reject("channel_unknown", "channel", f"channel must be one of {sorted(reference.channels)}")
-    if not nikmod.is_ascii_digits(event.region_code, 10):
-        return _reject("region_code_must_be_10_ascii_digits", "region_code", "region_code must be a 10-digit village code")
-    if not event.funding_account.strip():
-        return _reject("funding_account_required", "funding_account", "funding_account is required")
-    if event.event_id != make_event_id(source_system, source_ref, content_digest(event.content_values())):
-        return _reject("event_id_mismatch", "event_id", "event_id is not the digest of the record's content")
-    return None
-
-
-def _recheck_reversal(event: Reversal, reference: Reference, now_us: int) -> Rejection | None:
-    if not event.original_source_ref.strip():
-        return _reject("original_source_ref_required", "original_source_ref", "a reversal must name the original's source_ref")
-    if len(event.original_source_system) > MAX_REF_CHARS or len(event.original_source_ref) > MAX_REF_CHARS:
-        return _reject("original_source_ref_too_long", "original_source_ref", f"at most {MAX_REF_CHARS} characters")
-    if (event.original_source_system, event.original_source_ref) == (event.source_system, event.source_ref):
-        return _reject("reversal_names_itself", "original_source_ref", "a reversal cannot reverse itself")
-    if not event.agency_code.strip():
-        return _reject("agency_code_required", "agency_code", "agency_code is required")
-    problem = _person_and_amount(event, reference, "reversal")
-    if problem is not None:
-        return problem
-    if not event.reason.strip():
-        return _reject("reason_required", "reason", "a reversal must say why")
-    if len(event.reason) > MAX_REASON_CHARS:
-        return _reject("reason_too_long", "reason", f"at most {MAX_REASON_CHARS} characters")
-    if event.reversed_at_us > now_us + reference.future_tolerance_s * 1_000_000:
-        return _reject("reversed_at_in_future", "reversed_at", "reversed_at lies in the future")
-    digest = content_digest(("reversal", *event.content_values()))
-    if event.event_id != make_event_id(event.source_system, event.source_ref, digest):
-        return _reject("event_id_mismatch", "event_id", "event_id is not the digest of the record's content")
-    return None
-
-
-def _person_and_amount(event: Disbursement | Reversal, reference: Reference, what: str) -> Rejection | None:
-    if event.identity_kind not in ("NIK", "PROVISIONAL") or not _hex(event.person_token, 32):
-        return _reject("identity_required", "person_token", "a person token (32 hex digits) and its kind are required")
-    kk_token = getattr(event, "kk_token", None)
-    if kk_token and not _hex(kk_token, 32):
-        return _reject("kk_must_be_16_ascii_digits", "kk_token", "kk_token must be a token (32 hex digits)")
-    amount = parse_amount(event.amount_idr)
-    if isinstance(amount, str):
-        return _reject(amount, "amount_idr", _AMOUNT_MESSAGES[amount])
-    if amount > reference.max_amount_idr:
-        return _reject("amount_idr_too_large", "amount_idr", f"more than Rp {reference.max_amount_idr:,} in one {what}")
-    return None

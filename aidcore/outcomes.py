@@ -43,6 +43,7 @@ INTAKE_CODES: tuple[str, ...] = (
     "disbursed_at_invalid",
     "disbursed_at_needs_offset",
     "disbursed_at_in_future",
+    "period_out_of_range",
     "channel_unknown",
     "region_code_must_be_10_ascii_digits",
     "funding_account_required",
@@ -199,13 +200,14 @@ WIRE_CODES: tuple[str, ...] = (
 )
 
 # Codes of the submissions topic's door (connectors.door), where agency systems produce directly
-# (connectors.sdk). Checked after WIRE_CODES, in this order; then the record's own fields are
-# checked again with the intake codes (`aidcore.intake.recheck`), then for scope
+# (connectors.sdk). Checked after WIRE_CODES, in this order; then the opened input record is
+# checked with the gateway's codes (INTAKE_CODES, REVERSAL_INTAKE_CODES), then for scope
 # (`agency_out_of_scope`: no registered agency may submit it), then for its idempotency key.
 DOOR_CODES: tuple[str, ...] = (
     "value_too_large",  # more bytes than the door reads (the dead letter keeps a cut copy)
     "schema_mismatch",  # a record of a known schema that this topic does not carry (e.g. an alert)
-    "event_id_mismatch",  # the event id is not the digest of the record's content
+    "identity_not_sealed",  # identity fields (nik, provisional_id, kk, recipient_name) in the clear part
+    "identity_seal_invalid",  # the sealed identity does not open: unknown key id, wrong key, changed or moved
 )
 
 # Codes of the HTTP gateway (connectors.gateway), in the order a request is checked. A record in

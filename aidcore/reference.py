@@ -36,6 +36,11 @@ class Reference:
     max_amount_idr: int
     future_tolerance_s: int
     max_budget_amount_idr: int = 1_000_000_000_000_000  # one allocation or release above this is absurd
+    # a payment may settle a period up to this many months before the month it is paid in
+    # (arrears), or pay up to `period_advance_months_max` months ahead (BPNT is often paid two
+    # months at once); beyond either it is out of period
+    period_arrears_months_max: int = 12
+    period_advance_months_max: int = 3
 
     def regency_name(self, region_code: str) -> str:
         return self.regencies.get(region_code[:4], f"region {region_code[:4]}")
@@ -71,6 +76,8 @@ def parse_reference(text: str) -> Reference:
             future_tolerance_s=int(data.get("future_tolerance_s", 86_400)),
             max_budget_amount_idr=_positive(data.get("max_budget_amount_idr", 1_000_000_000_000_000),
                                             "max_budget_amount_idr"),
+            period_arrears_months_max=_positive(data.get("period_arrears_months_max", 12), "period_arrears_months_max"),
+            period_advance_months_max=_positive(data.get("period_advance_months_max", 3), "period_advance_months_max"),
         )
     except KeyError as missing:
         raise ReferenceError_(f"reference data lacks the key {missing}") from None

@@ -171,12 +171,18 @@ def person_disagreements(person_token: str, entries: Mapping[str, Entry],
     return out
 
 
+def compared_order(registries: Iterable[str]) -> tuple[str, ...]:
+    """The order a report lists registries in: `REGISTRIES` first, any other name after, sorted."""
+    names = set(registries)
+    return tuple(r for r in REGISTRIES if r in names) + tuple(sorted(names - set(REGISTRIES)))
+
+
 def disagreements(current: Mapping[str, Mapping[str, Entry]], *, regency: str | None = None,
                   examples_per_kind: int = 10) -> DisagreementReport:
     """Compare the registries' current contents (registry -> person token -> entry). A finding
     counts once per kind and once under each regency the registries place the person in; with
     `regency`, only people some registry places there. Examples are the first tokens in order."""
-    registries = tuple(r for r in REGISTRIES if r in current) + tuple(sorted(set(current) - set(REGISTRIES)))
+    registries = compared_order(current)
     report = DisagreementReport(registries)
     tokens = sorted({t for people in current.values() for t in people})
     for token in tokens:

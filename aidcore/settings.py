@@ -53,6 +53,8 @@ class StackSettings(_Group):
     topic_prefix: str = _setting("AIDLEDGER_TOPIC_PREFIX", "aid", "prefix of the topic names: <prefix>.ledger.v1, <prefix>.alerts.v1, <prefix>.deadletter.v1")
     nik_token_key: str = _setting("AIDLEDGER_NIK_TOKEN_KEY", "", "hex secret for NIK tokens (HMAC-SHA256); empty reads AIDLEDGER_NIK_TOKEN_KEY_FILE")
     nik_token_key_file: str = _setting("AIDLEDGER_NIK_TOKEN_KEY_FILE", "", "file holding the hex token secret; empty means <home>/secrets/nik-token.key, created by `up` when missing")
+    submissions_key: str = _setting("AIDLEDGER_SUBMISSIONS_KEY", "", "X25519 private keys (hex, comma-separated, the current one first) that open the identities the SDK seals; empty reads AIDLEDGER_SUBMISSIONS_KEY_FILE")
+    submissions_key_file: str = _setting("AIDLEDGER_SUBMISSIONS_KEY_FILE", "", "file of submissions private keys, one hex key a line, the current one first; empty means <home>/secrets/submissions.key, created by `up` when missing")
     audit_seal_key_file: str = _setting("AIDLEDGER_AUDIT_SEAL_KEY_FILE", "", "Ed25519 private key (hex) that signs audit seals; empty means <home>/secrets/audit-seal.key, created by the first `aidledger audit seal`")
     log_level: str = _setting("AIDLEDGER_LOG_LEVEL", "INFO", "log level of every process")
     rulebook: str = _setting("AIDLEDGER_RULEBOOK", "", "rulebook file put in force when the stack starts (if not already in force); empty means the packaged default")

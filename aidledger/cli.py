@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import logging
 import os
@@ -154,25 +155,27 @@ def cmd_relay(args) -> int:
 
 def cmd_gateway(args) -> int:
     from aidcore.settings import GatewaySettings
-    from connectors.gateway import GatewayContext, serve
-    from infra.stack import token_key
-    from schemas.topics import declared_topics
-
     from connectors.door import Door
+    from connectors.door import group_id as door_group_id
+    from connectors.gateway import GatewayContext, serve
+    from infra.stack import submissions_keys, token_key
+    from schemas.sealing import Opener
+    from schemas.topics import declared_topics
 
     stack = _stack()
     _setup_logging(stack.log_level)
     topics = declared_topics(stack)
+    key = token_key(stack, _home(args))
     door = None
     if stack.kafka_bootstrap:  # the submissions topic's door runs beside the HTTP door
         door = Door(bootstrap=stack.kafka_bootstrap, database_url=stack.database_url, reference=default_reference(),
                     topics={role: spec.name for role, spec in topics.items()},
-                    group=f"aidledger-{stack.topic_prefix}-door", fetch_max_wait_ms=stack.fetch_max_wait_ms)
+                    group=door_group_id(stack), token_key=key,
+                    opener=Opener(submissions_keys(stack, _home(args))), fetch_max_wait_ms=stack.fetch_max_wait_ms)
         door.start()
     try:
         serve(GatewaySettings.from_env(os.environ), GatewayContext(
-            stack.database_url, token_key(stack, _home(args)), default_reference(), topics["ledger"].name,
-            topics["alerts"].name))
+            stack.database_url, key, default_reference(), topics["ledger"].name, topics["alerts"].name))
     finally:
         if door is not None:
             door.close()
@@ -421,15 +424,14 @@ def cmd_registries(args) -> int:
 
     import psycopg
 
-    from aidcore.registries import REGISTRIES, disagreements
-    from projections.registries import current_registries, extracts
+    from aidcore.registries import REGISTRIES
+    from projections.registries import disagreement_report, extracts
 
     home = _home(args)
     _, dsn = resolve_endpoints(home)
     if args.action == "report":
         with psycopg.connect(dsn) as conn:
-            report = disagreements(current_registries(conn, args.regency), regency=args.regency,
-                                   examples_per_kind=args.examples)
+            report = disagreement_report(conn, args.regency, examples_per_kind=args.examples)
         if args.json:
             _dump(report.as_dict())
             return 0
@@ -951,6 +953,34 @@ def _print_audit(report, as_json: bool) -> None:
           else f"{len(report.findings)} problem(s)")
 
 
+def cmd_keys(args) -> int:
+    """submissions-keypair: a new submissions key, first in the key file, its public key printed;
+    submissions-public: the public keys of the configured ones (the first is the one to hand out)."""
+    from infra.stack import StackError, add_submissions_key, submissions_key_path, submissions_keys
+    from schemas.sealing import key_id, new_private_key, public_key
+
+    stack = _stack()
+    if args.key_file:
+        stack = dataclasses.replace(stack, submissions_key="", submissions_key_file=args.key_file)
+    if args.action == "submissions-keypair":
+        if stack.submissions_key:
+            print("aidledger keys: AIDLEDGER_SUBMISSIONS_KEY is set; unset it or name a --key-file", file=sys.stderr)
+            return 2
+        path = submissions_key_path(stack, _home(args))
+        add_submissions_key(path, new_private_key())
+        print(f"new submissions key first in {path}; restart the gateways, then hand agencies the public key:",
+              file=sys.stderr)
+    try:
+        keys = submissions_keys(stack, _home(args))
+    except StackError as err:
+        print(f"aidledger keys: {err}", file=sys.stderr)
+        return 1
+    for private in keys[:1] if args.action == "submissions-keypair" else keys:
+        public = public_key(private)
+        print(f"{public.hex()}  key id {key_id(public)}")
+    return 0
+
+
 def cmd_status(args) -> int:
     import psycopg
 
@@ -1105,6 +1135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code", help="only this code (required for replay)")
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true")
+    p = add("keys", cmd_keys, "the submissions key: the SDK seals identities to its public key, the door opens them")
+    p.add_argument("action", choices=("submissions-keypair", "submissions-public"),
+                   help="submissions-keypair: make a new key (first in the key file, older ones kept) and print its"
+                        " public key; submissions-public: print the public keys of the configured ones")
+    p.add_argument("--key-file", help="the key file to use instead of AIDLEDGER_SUBMISSIONS_KEY(_FILE)")
     add("status", cmd_status, "summary of the ledger as JSON")
     add("settings", cmd_settings, "every setting with its environment variable and default")
     p = add("bench", cmd_bench, "measure throughput and latency; results to bench/results/")

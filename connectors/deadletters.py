@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 import psycopg
 
 from schemas import codec
+from schemas.submission import clear_record
+from schemas.submission import record_key as submission_key
 
 
 def listing(conn: psycopg.Connection, *, code: str | None = None, limit: int | None = None) -> list[dict]:
@@ -36,7 +38,7 @@ def listing(conn: psycopg.Connection, *, code: str | None = None, limit: int | N
             "source": {"topic": topic, "partition": part, "offset": offset},
             "deadletter": {"topic": dl_topic, "partition": dl_part, "offset": dl_offset},
             "value_bytes": size, "record_kind": codec.kind_of(bytes(value)) if value is not None else None,
-            "event_id": _event_id(value),
+            "event_id": _event_id(value), "record": _submission_ref(value),
             "projected_at": projected.isoformat(), "replayed_at": replayed.isoformat() if replayed else None,
         })
     return out
@@ -51,8 +53,40 @@ def _event_id(value) -> str | None:
     return getattr(item, "event_id", None)
 
 
+def _submission(value) -> dict | None:
+    """The clear part of a sealed submission (a direct producer's record), or None."""
+    data = bytes(value) if value is not None else b""
+    if data[2:codec.HEADER_LEN] not in codec.codec(codec.SUBMISSION)._writers:
+        return None
+    try:
+        record = clear_record(codec.codec(codec.SUBMISSION).decode(data))
+    except codec.CodecError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _submission_ref(value) -> dict | None:
+    """A submission's source reference: its event id is the door's to make (it needs the token key)."""
+    record = _submission(value)
+    if record is None:
+        return None
+    return {"source_system": str(record.get("source_system", ""))[:128], "source_ref": str(record.get("source_ref", ""))[:128]}
+
+
 def counts(conn: psycopg.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT code, count(*) FROM ledger.deadletters GROUP BY code ORDER BY code").fetchall())
+
+
+def _record_key(value) -> bytes | None:
+    """The Kafka key a dead letter's value had: a ledger record's person token, a submission's
+    source reference; None when the value cannot be read as either."""
+    submission = _submission(value)
+    if submission is not None:
+        return submission_key(submission)
+    kind = codec.kind_of(bytes(value)) if value is not None else None
+    items = codec.decode_ledger_values([bytes(value)]) if kind is not None else []
+    token = getattr(items[0] if items else None, "person_token", None)
+    return token.encode() if token is not None else None
 
 
 def replay(conn: psycopg.Connection, *, code: str, ledger_topic: str, submissions_topic: str | None = None) -> dict:
@@ -75,15 +109,12 @@ def replay(conn: psycopg.Connection, *, code: str, ledger_topic: str, submission
         for topic, part, offset, value, replayed in rows:
             if replayed is not None:
                 continue
-            kind = codec.kind_of(bytes(value)) if value is not None else None
-            items = codec.decode_ledger_values([bytes(value)]) if kind is not None else []
-            item = items[0] if items else None
-            token = getattr(item, "person_token", None)
-            if token is None:  # undecodable or cut: nothing to send back as it was
+            record_key = _record_key(value)
+            if record_key is None:  # undecodable or cut: nothing to send back as it was
                 skipped += 1
                 continue
             todo.append((uuid.uuid5(uuid.NAMESPACE_URL, f"aidledger-replay:{topic}:{part}:{offset}:{code}"),
-                         topic, token.encode(), bytes(value), now, (topic, part, offset)))
+                         topic, record_key, bytes(value), now, (topic, part, offset)))
         with conn.cursor() as cur:
             for outbox_id, topic, key, value, at, (src_topic, src_part, src_offset) in todo:
                 cur.execute("INSERT INTO ledger.outbox (event_id, topic, key, value, recorded_at) VALUES"

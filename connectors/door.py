@@ -2,22 +2,27 @@
 is decided here like a gateway request, then written to the same outbox. Runs in the gateway
 process (`aidledger gateway`), one consumer group across gateways.
 
-A direct producer is trusted with nothing: every record is decoded again, checked again with the
-intake codes (`aidcore.intake.recheck`), checked for scope against the agency registry (the
-record's agency must be registered and not revoked, and its programme and source systems must
-be the agency's: `aidcore.agencies.scope_problem`, as at the gateway), and decided against the
-global idempotency keys (`connectors.intake.submit`). What fails goes to the dead-letter topic
-with its code, the source topic, partition and offset in its headers, and is counted by code;
-nothing stops the partition. The consumed offsets are committed after the batch's outbox
-transaction and dead letters are acknowledged, so a crash re-reads the batch, which the keys
-then answer as `exists` (and the dead letters' rows are keyed by source position).
+A direct producer is trusted with nothing and holds no NIK token key: its records arrive as
+`SealedSubmission`s whose identity fields are sealed to the ledger's submissions key
+(`schemas.submission`). Every record is decoded, its identity opened with the door's private
+keys (a seal that does not open is `identity_seal_invalid`), and the whole input record is
+then decided by the gateway's own validation (`aidcore.intake.validate_any`, which tokenizes with
+the token key the gateway process holds), checked for scope against the agency registry (the
+record's agency must be registered and not revoked, and its programme and source systems must be
+the agency's: `aidcore.agencies.scope_problem`, as at the gateway), and decided against the
+global idempotency keys (`connectors.intake.submit`, which writes the clear identity to the vault
+as for a gateway request). What fails goes to the dead-letter topic with its code, the source
+topic, partition and offset in its headers, and is counted by code; nothing stops the partition.
+The consumed offsets are committed after the batch's outbox transaction and dead letters are
+acknowledged, so a crash re-reads the batch, which the keys then answer as `exists` (and the dead
+letters' rows are keyed by source position).
 
-Owns the door only: no NIK is ever seen here (tokens only), and values are never logged.
+Owns the door only. An opened identity lives only in memory on its way to the vault: values are
+never logged, and the dead letter keeps the record as it came, sealed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -30,10 +35,12 @@ from prometheus_client import Counter
 
 from aidcore import outcomes
 from aidcore.agencies import AGENCY_OUT_OF_SCOPE, Agency, scope_problem
-from aidcore.intake import Accepted, AcceptedReversal, Disbursement, Reversal, recheck
+from aidcore.intake import Accepted, AcceptedReversal, Rejection, validate_any
 from aidcore.reference import Reference
 from connectors.intake import BATCH_HAS_CONFLICTS, Submitted, submit
 from schemas import codec
+from schemas.sealing import Opener
+from schemas.submission import Unopened, open_record
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +53,14 @@ DEAD_LETTER_MAX_BYTES = 256 * 1024
 
 
 @lru_cache(maxsize=1)
+def group_id(stack) -> str:
+    """The consumer group of every gateway's door: `aidledger wait` reads its committed offsets."""
+    return f"aidledger-{stack.topic_prefix}-door"
+
+
 def _other_schemas() -> frozenset[bytes]:
     """Fingerprints of every schema the project knows that the submissions topic does not carry."""
-    accepted = set(codec.codec(codec.DISBURSEMENT)._writers) | set(codec.codec(codec.REVERSAL)._writers)
+    accepted = set(codec.codec(codec.SUBMISSION)._writers)
     return frozenset(fp for name in codec.RECORD_NAMES for fp in codec.codec(name)._writers) - accepted
 
 
@@ -60,39 +72,45 @@ class Refused:
     detail: str
 
 
-def decide(values: Sequence[bytes | None], *, reference: Reference, agencies: Mapping[str, Agency],
-           now_us: int) -> list[Accepted | AcceptedReversal | Refused]:
-    """Each value of a batch: the event to submit (recorded now), or why it is refused. Pure."""
+def decide(values: Sequence[bytes | None], *, reference: Reference, agencies: Mapping[str, Agency], opener: Opener,
+           token_key: bytes, now_us: int) -> list[Accepted | AcceptedReversal | Refused]:
+    """Each value of a batch: the record to submit (recorded now, its clear identity for the
+    vault), or why it is refused. Pure: opening a seal is deterministic."""
     out: list[Accepted | AcceptedReversal | Refused] = []
     others = _other_schemas()
-    for value, item in zip(values, codec.decode_ledger_values(
-            v if v is None or len(v) <= MAX_VALUE_BYTES else b"" for v in values)):
+    decode = codec.codec(codec.SUBMISSION).decode
+    for value in values:
         if value is not None and len(value) > MAX_VALUE_BYTES:
             out.append(Refused("value_too_large", f"{len(value)} bytes; at most {MAX_VALUE_BYTES} are read"))
         elif value is not None and value[:2] == codec.MARKER and value[2:codec.HEADER_LEN] in others:
             out.append(Refused("schema_mismatch", "a record of a schema this topic does not carry"))
-        elif isinstance(item, codec.CodecError):
-            out.append(Refused(item.code, str(item)))
-        elif not isinstance(item, (Disbursement, Reversal)):
-            out.append(Refused("schema_mismatch", "only disbursements and reversals are submitted here"))
         else:
-            out.append(_checked(item, reference, agencies, now_us))
+            try:
+                decoded = decode(value)
+            except codec.CodecError as err:
+                out.append(Refused(err.code, str(err)))
+                continue
+            out.append(_checked(open_record(decoded, opener), reference, agencies, token_key, now_us))
     return out
 
 
-def _checked(event: Disbursement | Reversal, reference: Reference, agencies: Mapping[str, Agency],
+def _checked(raw: dict | Unopened, reference: Reference, agencies: Mapping[str, Agency], token_key: bytes,
              now_us: int) -> Accepted | AcceptedReversal | Refused:
-    problem = recheck(event, reference=reference, now_us=now_us)
-    if problem is not None:
-        return Refused(problem.code, problem.message)
+    if isinstance(raw, Unopened):
+        return Refused(raw.code, raw.detail)
+    outcome = validate_any(raw, reference=reference, token_key=token_key, now_us=now_us)  # the gateway's decision
+    if isinstance(outcome, Rejection):
+        return Refused(outcome.code, outcome.message)
+    if not isinstance(outcome, (Accepted, AcceptedReversal)):
+        return Refused("record_type_unknown", "budget records go through the gateway")
+    event = outcome.disbursement if isinstance(outcome, Accepted) else outcome.reversal
     agency = agencies.get(event.agency_code)
     if agency is None:
         return Refused(AGENCY_OUT_OF_SCOPE, "the record's agency is not registered (or is revoked)")
     scope = scope_problem(agency, event)
     if scope is not None:
         return Refused(AGENCY_OUT_OF_SCOPE, scope[1])
-    event = dataclasses.replace(event, recorded_at_us=now_us)  # accepted by intake now, as at the gateway
-    return AcceptedReversal(event) if isinstance(event, Reversal) else Accepted(event, None)  # type: ignore[arg-type]
+    return outcome
 
 
 def registry(conn: psycopg.Connection) -> dict[str, Agency]:
@@ -124,8 +142,10 @@ class Door:
     """The shell: consume the submissions topic, decide, write, dead-letter, commit."""
 
     def __init__(self, *, bootstrap: str, database_url: str, reference: Reference, topics: Mapping[str, str],
-                 group: str, fetch_max_wait_ms: int = 25, now_us: Callable[[], int] = lambda: time.time_ns() // 1000):
+                 group: str, token_key: bytes, opener: Opener, fetch_max_wait_ms: int = 25,
+                 now_us: Callable[[], int] = lambda: time.time_ns() // 1000):
         self.bootstrap, self.database_url, self.reference = bootstrap, database_url, reference
+        self.token_key, self.opener = token_key, opener
         self.topics, self.group, self.fetch_max_wait_ms, self.now_us = topics, group, fetch_max_wait_ms, now_us
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -180,7 +200,8 @@ class Door:
         from connectors.rulebooks import active_rulebook
 
         now_us = self.now_us()
-        decided = decide([r.value for r in records], reference=self.reference, agencies=registry(conn), now_us=now_us)
+        decided = decide([r.value for r in records], reference=self.reference, agencies=registry(conn),
+                         opener=self.opener, token_key=self.token_key, now_us=now_us)
         good = [(r, d) for r, d in zip(records, decided) if not isinstance(d, Refused)]
         refused = [(r, d) for r, d in zip(records, decided) if isinstance(d, Refused)]
         if good:

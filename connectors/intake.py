@@ -392,9 +392,6 @@ def submit(conn: psycopg.Connection, items: list[Accepted | AcceptedReversal | A
                     outbox_rows.append((d.event_id, ledger_topic, d.person_token.encode(),
                                         codec.encode_disbursement(d), _ts(d.recorded_at_us)))
                     ident = acc.identity
-                    if ident is None:  # a direct producer's record: its clear identity never left the sender
-                        results.append(Submitted(ACCEPTED, d.event_id, *key))
-                        continue
                     identities[ident.person_token] = (ident.person_token, ident.identity_kind, ident.nik,
                                                       ident.provisional_id, ident.recipient_name)
                     if d.kk_token and ident.kk:

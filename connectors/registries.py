@@ -5,6 +5,10 @@ field, code, message) and to ledger.intake_rejections, like a file of disburseme
 
 It decides nothing about disbursements and writes no idempotency key of theirs: a registry row's
 event id is its (registry, extract date, person), so importing an extract again adds nothing.
+
+Memory is bounded by a chunk, whatever the size of the extract: the people already met in the
+extract (for `person_repeated_in_extract`) are kept by PostgreSQL, in a temporary table of the
+import's session whose primary key answers "met before?" for a whole chunk in one statement.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from connectors.intake import write_outbox
 from schemas import codec
 
 CHUNK_ROWS = 5000
+SEEN_TABLE = "registry_import_seen"  # temporary: the person tokens this import has met so far
 
 
 @dataclass
@@ -74,8 +79,10 @@ def import_rows(conn: psycopg.Connection, rows: Iterable[tuple[int, object]], *,
         writer = csv.writer(report_file)
         writer.writerow(["row_number", "field", "code", "message"])
         report.report_path = str(report_path)
-    seen: set[str] = set()
     regencies = frozenset(reference.regencies)
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {SEEN_TABLE} (person_token text PRIMARY KEY)")
+    conn.execute(f"TRUNCATE {SEEN_TABLE}")
+    seen = SEEN_TABLE
     try:
         chunk: list[tuple[int, object]] = []
         for item in rows:
@@ -92,43 +99,50 @@ def import_rows(conn: psycopg.Connection, rows: Iterable[tuple[int, object]], *,
     finally:
         if report_file is not None:
             report_file.close()
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.execute(f"DROP TABLE IF EXISTS {SEEN_TABLE}")
     conn.execute("UPDATE ledger.intake_batches SET finished_at = now(), accepted = %s, redelivered = %s, rejected = %s"
                  " WHERE batch_id = %s", (report.accepted, report.redelivered, report.rejected, report.batch_id))
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _import_chunk(conn, chunk, report: RegistryImportReport, writer, seen: set[str], topic: str, token_key: bytes,
+def _import_chunk(conn, chunk, report: RegistryImportReport, writer, seen: str, topic: str, token_key: bytes,
                   regencies: frozenset[str], now_us: int) -> None:
-    rejections, accepted = [], []
-
-    def reject(number: int, code: str, field_: str | None, message: str) -> None:
-        row = (number, field_, code, message)
-        rejections.append(row)
-        report.rejected += 1
-        report.rejections_by_code[code] += 1
-        if writer is not None:
-            writer.writerow(row)
-
+    outcomes: list[tuple[int, RegistryRow | Rejection]] = []
+    first_in_chunk: dict[str, int] = {}  # token -> its first row number in the chunk
     for number, raw in chunk:
         report.rows += 1
         if isinstance(raw, RowError):
-            reject(number, raw.code, raw.field, raw.message)
-            continue
-        if not isinstance(raw, dict):
-            reject(number, "record_must_be_an_object", None, "a registry row must be an object")
-            continue
-        outcome = validate_registry_row(raw, registry=report.registry, extract_date=report.extract_date,
-                                        row_ref=f"{report.source_name}:{number}", regencies=regencies,
-                                        token_key=token_key, now_us=now_us)
-        if isinstance(outcome, Rejection):
-            reject(number, outcome.code, outcome.field, outcome.message)
-        elif outcome.record.person_token in seen:
-            reject(number, "person_repeated_in_extract", "nik", "this NIK has an earlier row in the extract; it is kept")
+            outcome = Rejection(raw.code, raw.field, raw.message)
+        elif not isinstance(raw, dict):
+            outcome = Rejection("record_must_be_an_object", None, "a registry row must be an object")
         else:
-            seen.add(outcome.record.person_token)
-            accepted.append(outcome)
+            outcome = validate_registry_row(raw, registry=report.registry, extract_date=report.extract_date,
+                                            row_ref=f"{report.source_name}:{number}", regencies=regencies,
+                                            token_key=token_key, now_us=now_us)
+            if isinstance(outcome, RegistryRow):
+                first_in_chunk.setdefault(outcome.record.person_token, number)
+        outcomes.append((number, outcome))
     with conn.transaction(), conn.cursor() as cur:
+        # the people of this chunk not met in an earlier one; they are met from now on
+        cur.execute(f"INSERT INTO {seen} SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING RETURNING person_token",
+                    (list(first_in_chunk),))
+        new = {t for (t,) in cur.fetchall()}
+        rejections, accepted = [], []
+        for number, outcome in outcomes:
+            if isinstance(outcome, RegistryRow):
+                token = outcome.record.person_token
+                if token in new and first_in_chunk[token] == number:
+                    accepted.append(outcome)
+                    continue
+                outcome = REPEATED
+            row = (number, outcome.field, outcome.code, outcome.message)
+            rejections.append(row)
+            report.rejected += 1
+            report.rejections_by_code[outcome.code] += 1
+            if writer is not None:
+                writer.writerow(row)
         inserted = write_outbox(cur, [_outbox_row(a, topic) for a in accepted], _identities(accepted),
                                 {a.record.kk_token: (a.record.kk_token, a.kk) for a in accepted if a.kk})
         for a in accepted:
@@ -142,6 +156,9 @@ def _import_chunk(conn, chunk, report: RegistryImportReport, writer, seen: set[s
                 "INSERT INTO ledger.intake_rejections (batch_id, row_number, field, code, message)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 [(report.batch_id, *r) for r in rejections])
+
+
+REPEATED = Rejection("person_repeated_in_extract", "nik", "this NIK has an earlier row in the extract; it is kept")
 
 
 def _outbox_row(a: RegistryRow, topic: str) -> tuple:

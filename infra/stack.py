@@ -26,6 +26,7 @@ import psycopg
 
 from aidcore.settings import (DashboardSettings, GatewaySettings, ProjectorSettings, RelaySettings, StackSettings,
                               WorkerSettings, local_address)
+from connectors.door import group_id as door_group_id
 from infra import embedded, kafka
 from projections.migrate import migrate
 from projections.queries import progress
@@ -81,6 +82,53 @@ def token_key(stack: StackSettings, home: Path) -> bytes:
     return key
 
 
+def submissions_key_path(stack: StackSettings, home: Path) -> Path:
+    return Path(stack.submissions_key_file) if stack.submissions_key_file else home / "secrets" / "submissions.key"
+
+
+def add_submissions_key(path: Path, private_key: bytes) -> None:
+    """Put a new submissions private key first in the key file (mode 600), keeping the older ones:
+    the door opens records sealed to any of them, and agencies get the first one's public key."""
+    older = path.read_text() if path.exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    new = path.with_name(path.name + ".new")
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(private_key.hex() + "\n" + older)
+    os.replace(new, path)
+
+
+def ensure_submissions_key(stack: StackSettings, home: Path) -> None:
+    """Create the submissions key on first start when none is configured."""
+    from schemas.sealing import new_private_key
+
+    path = submissions_key_path(stack, home)
+    if not stack.submissions_key and not path.exists():
+        add_submissions_key(path, new_private_key())
+
+
+def submissions_keys(stack: StackSettings, home: Path) -> list[bytes]:
+    """The submissions private keys, the current one first."""
+    from schemas.sealing import parse_key
+
+    if stack.submissions_key:
+        texts = stack.submissions_key.split(",")
+    else:
+        path = submissions_key_path(stack, home)
+        if not path.exists():
+            raise StackError(f"no submissions key: set AIDLEDGER_SUBMISSIONS_KEY(_FILE), run `aidledger keys"
+                             f" submissions-keypair` or start the stack once (`aidledger up`) to create {path}")
+        texts = path.read_text().split()
+    try:
+        keys = [parse_key(t, "submissions key") for t in texts if t.strip()]
+    except ValueError as err:
+        raise StackError(str(err)) from None
+    if not keys:
+        raise StackError("the submissions key setting holds no key")
+    return keys
+
+
 def seal_key_path(stack: StackSettings, home: Path) -> Path:
     return Path(stack.audit_seal_key_file) if stack.audit_seal_key_file else home / "secrets" / "audit-seal.key"
 
@@ -133,7 +181,14 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     ledger = topics["ledger"].name
     with psycopg.connect(dsn) as conn:
         prog = progress(conn)
-    behind = {"relay": [], "worker": [], "projector": []}
+    behind = {"door": [], "relay": [], "worker": [], "projector": []}
+    # first the door of the submissions topic: what it takes goes on to the outbox
+    submissions = topics["submissions"]
+    marks = asyncio.run(kafka.high_watermarks(bootstrap, submissions.name, submissions.partitions))
+    taken = kafka.committed_offsets(bootstrap, door_group_id(stack), submissions.name)
+    for p, end in sorted(marks.items()):
+        if taken.get(p, 0) < end:
+            behind["door"].append(f"{submissions.name}[{p}] {end - taken.get(p, 0)} behind")
     if prog["relay_seq"] < prog["outbox_max_seq"]:
         behind["relay"].append(f"outbox {prog['outbox_max_seq'] - prog['relay_seq']} records unpublished")
     produced = {p: o for (t, p), o in prog["relay_offsets"].items() if t == ledger}
@@ -211,6 +266,7 @@ class Stack:
     database_url: str = ""
     children: dict[str, Child] = field(default_factory=dict)
     broker_restarts: int = 0
+    postgres_restarts: int = 0
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -248,6 +304,7 @@ class Stack:
             raise StackError(f"a stack is already running under {self.home} (pid {recorded['supervisor_pid']})")
         self.check_ports()
         ensure_token_key(self.stack, self.home)
+        ensure_submissions_key(self.stack, self.home)
         try:
             if self.stack.kafka_bootstrap:
                 self.bootstrap = self.stack.kafka_bootstrap
@@ -349,6 +406,9 @@ class Stack:
         """Restart children that died, backing off when one keeps dying young; returns the names
         restarted."""
         restarted = []
+        if self.postgres is not None and not self.postgres.alive():
+            self.recover_postgres()  # first: the children that died with it need it back
+            restarted.append("postgres")
         now = time.monotonic()
         for child in self.children.values():
             if child.process is None or child.process.poll() is None:
@@ -369,9 +429,18 @@ class Stack:
         if self.broker is not None and not self.broker.alive():
             self.recover_broker()
             restarted.append("broker")
-        if self.postgres is not None and not self.postgres.alive():
-            raise StackError(f"the embedded postgres stopped; see {self.postgres.log_path}")
         return restarted
+
+    def recover_postgres(self) -> None:
+        """The embedded PostgreSQL stopped (crashed, or was killed): start it again on the same
+        data directory and port, which runs its crash recovery; everything committed is there.
+        The relay, the projector and the gateway lose their connections; those that exit are
+        restarted like any child, and resume from what PostgreSQL committed (the relay from its
+        cursor, the projector from its tracked offsets). A start that fails raises."""
+        log.warning("the embedded postgres stopped (see %s); starting it again", self.postgres.log_path)
+        self.postgres.stop()
+        self.postgres = embedded.start_postgres(self.home, self.stack.postgres_port)
+        self.postgres_restarts += 1
 
     def recover_broker(self) -> None:
         """The embedded broker keeps its log in memory, so a broker that stopped took the log with

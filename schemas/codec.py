@@ -38,7 +38,9 @@ POSTINGS = "aidledger.household.HouseholdPostings"
 ALLOCATION = "aidledger.ledger.BudgetAllocated"
 RELEASE = "aidledger.ledger.TreasuryReleased"
 REGISTRY = "aidledger.registry.RegistryRecorded"
-RECORD_NAMES = (DISBURSEMENT, ALERT, STATE_DELTA, REVERSAL, RULEBOOK, POSTINGS, ALLOCATION, RELEASE, REGISTRY)
+SUBMISSION = "aidledger.submissions.SealedSubmission"  # what the submissions topic carries (schemas.submission)
+RECORD_NAMES = (DISBURSEMENT, ALERT, STATE_DELTA, REVERSAL, RULEBOOK, POSTINGS, ALLOCATION, RELEASE, REGISTRY,
+                SUBMISSION)
 LEDGER_RECORDS = (DISBURSEMENT, REVERSAL, RULEBOOK, ALLOCATION, RELEASE)  # what the ledger topic carries
 BUDGET_RECORDS = (ALLOCATION, RELEASE)  # the budget side: keyed by funding account, decided by no stream
 

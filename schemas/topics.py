@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aidcore.settings import StackSettings, topic_names
-from schemas.codec import ALERT, DISBURSEMENT, POSTINGS, REGISTRY, STATE_DELTA
+from schemas.codec import ALERT, DISBURSEMENT, POSTINGS, REGISTRY, STATE_DELTA, SUBMISSION
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,11 @@ def declared_topics(stack: StackSettings) -> dict[str, TopicSpec]:
                   "one record per person per imported registry extract (DTKS, P3KE, REGSOSEK), keyed by NIK token"),
         TopicSpec("deadletter", names["deadletter"], n, "original key", None,
                   "records the stream could not accept: original value, code and source position in headers"),
-        TopicSpec("submissions", names["submissions"], n, "person_token (utf-8)", DISBURSEMENT,
-                  "what agency systems produce directly (connectors.sdk): validated, tokenized disbursements and"
-                  " reversals, decided again by the door (connectors.door) and written to the outbox"),
+        TopicSpec("submissions", names["submissions"], n, "the payment's source_system, 0x1f, source_ref (utf-8)",
+                  SUBMISSION,
+                  "what agency systems produce directly (connectors.sdk): disbursements and reversals with their"
+                  " identity sealed to the submissions key, opened and decided by the door (connectors.door) and"
+                  " written to the outbox"),
         TopicSpec("state", names["state"], n, "source partition (utf-8)", STATE_DELTA,
                   "changelog of the ledger worker's per-person state; partition p holds the deltas of ledger partition p"),
         TopicSpec("households", names["households"], n, "household token (utf-8)", POSTINGS,

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import faust
@@ -372,6 +373,9 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
         group_id(stack),
         broker=f"kafka://{bootstrap}",
         store="memory://",
+        # the state lives in memory and its changelog; Faust's own directory goes under the stack's
+        # home, not into whatever directory the stack was started from
+        datadir=str(Path(stack.home).resolve() / "worker-data"),
         topic_partitions=stack.partitions,
         topic_replication_factor=stack.replication,
         topic_allow_declare=False,

@@ -73,6 +73,22 @@ def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.2, on_p
         time.sleep(poll_s)
 
 
+def gauge(url: str, name: str) -> float:
+    """One unlabelled sample of a process's Prometheus text; 0 while it is not serving (starting,
+    or stopped)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read().decode()
+    except OSError:
+        return 0.0
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def read_topic(bootstrap: str, topic: str, partitions: int) -> list:
     """Every record of a topic, read to the true high watermark of each partition."""
     import asyncio

@@ -3,13 +3,13 @@ gets exactly its expected code (the HTTP answer, the SDK's returned value, or a 
 headers name the code and the source position), every good record is in the ledger exactly once
 (projection and the stream's state), the worker and the gateway never restart, and afterwards no
 clear NIK is anywhere: not in any topic (keys, values, headers), the dead-letter table, the logs
-or any process's /metrics.
+or any process's /metrics. The SDK holds only the public submissions key, yet its records' clear
+identities reach the vault, as the gateway's do.
 
 Seeded: AIDLEDGER_FUZZ_SEED picks another run; a failure prints the seed."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -27,8 +27,9 @@ from aidcore import intake
 from aidcore.reference import default_reference
 from aidcore.rulebook import default_rulebook_text
 from connectors.sdk import AgencyProducer, Rejection, Sent
-from infra.stack import Stack, token_key
-from schemas import codec
+from infra.stack import Stack, submissions_keys, token_key
+from schemas import codec, sealing
+from schemas.submission import seal_record
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ CATEGORIES = (
     "malformed_avro", "unknown_fingerprint", "schema_mismatch", "nik_length", "nik_non_ascii_digits",
     "nik_impossible_date", "nik_impossible_region", "amount_zero", "amount_negative", "amount_fraction",
     "amount_huge", "future_dated", "out_of_period", "programme_unknown", "same_ref_other_content",
-    "reversal_of_unknown", "oversized", "null_value", "text_encoding", "out_of_scope_agency",
+    "reversal_of_unknown", "oversized", "null_value", "text_encoding", "out_of_scope_agency", "identity_seal_invalid",
 )
 
 
@@ -67,15 +68,10 @@ def _record(i: int, system: str, rng: random.Random) -> dict:
     return body
 
 
-def _forged(raw: dict, key: bytes, **changes) -> bytes:
-    """What a producer that skipped the SDK's checks would send: a valid record changed, with its
-    event id made to match the changed content."""
-    event = intake.validate_any(raw, reference=default_reference(), token_key=key, now_us=time.time_ns() // 1000)
-    changed = dataclasses.replace(event.disbursement, **changes)
-    values = changed.content_values()
-    event_id = intake.make_event_id(changed.source_system, changed.source_ref, intake.content_digest(values))
-    return codec.encode_disbursement(dataclasses.replace(changed, event_id=event_id,
-                                                         field_digests=intake.field_digests(values)))
+def _event_id_of(raw: dict, key: bytes) -> str:
+    """The event id the door makes of a record (the SDK cannot: it holds no token key)."""
+    outcome = intake.validate_any(raw, reference=default_reference(), token_key=key, now_us=time.time_ns() // 1000)
+    return outcome.disbursement.event_id if isinstance(outcome, intake.Accepted) else outcome.reversal.event_id
 
 
 # category -> (gateway: (path, body or raw bytes, status, code)), built per instance
@@ -95,12 +91,15 @@ def _gateway_case(category: str, raw: dict, rng: random.Random, sent_before: lis
         "amount_fraction": ({**raw, "amount_idr": "1500.5"}, None, 422, "amount_idr_must_be_whole_rupiah"),
         "amount_huge": ({**raw, "amount_idr": 10**15}, None, 422, "amount_idr_too_large"),
         "future_dated": ({**raw, "disbursed_at": "2031-01-01T00:00:00+07:00"}, None, 422, "disbursed_at_in_future"),
-        "out_of_period": ({**raw, "period": "2026-13"}, None, 422, "period_must_be_yyyy_mm"),
+        "out_of_period": ({**raw, "period": rng.choice(("2024-01", "2025-03", "2026-08"))}, None, 422,
+                          "period_out_of_range"),
         "programme_unknown": ({**raw, "programme_code": "NOPE"}, None, 422, "programme_code_unknown"),
         "oversized": (None, b'{"pad": "' + b"x" * 1_100_000 + b'"}', 413, "body_too_large"),
         "null_value": (None, b"null", 422, "record_must_be_an_object"),
         "text_encoding": (None, json.dumps(raw).encode().replace(b"Penerima", b"Pener\xffma"), 400, "body_not_json"),
         "out_of_scope_agency": ({**raw, "agency_code": OTHER_AGENCY}, None, 403, "agency_out_of_scope"),
+        # the gateway takes no seal: its nearest case is a record whose identity cannot be read
+        "identity_seal_invalid": ({k: v for k, v in raw.items() if k != "nik"}, None, 422, "identity_required"),
     }
     if category == "same_ref_other_content":
         original = rng.choice(sent_before)
@@ -114,12 +113,10 @@ def _gateway_case(category: str, raw: dict, rng: random.Random, sent_before: lis
     return ("/v1/disbursements", *cases[category])
 
 
-def _topic_case(category: str, raw: dict, rng: random.Random, key: bytes, sent_before: list[dict]):
+def _topic_case(category: str, raw: dict, rng: random.Random, public: bytes, sent_before: list[dict]):
     """("sdk", raw record, expected code) for what the SDK refuses or the door dead-letters, or
-    ("bytes", key, value, code) for what a producer past the SDK sends."""
-    event = intake.validate_any(raw, reference=default_reference(), token_key=key,
-                                now_us=time.time_ns() // 1000).disbursement
-    good, token = codec.encode_disbursement(event), event.person_token.encode()
+    ("bytes", key, value, code) for what a producer past the SDK sends (it has the public key too)."""
+    token, good = seal_record(raw, public)
     if category == "malformed_avro":
         value, code = rng.choice(((b"\x00" + rng.randbytes(30), "avro_marker_invalid"),
                                   (good[:rng.randrange(11, 60)], "avro_body_malformed")))
@@ -140,14 +137,26 @@ def _topic_case(category: str, raw: dict, rng: random.Random, key: bytes, sent_b
     forged = {
         "amount_zero": ({"amount_idr": 0}, "amount_idr_must_be_positive"),
         "amount_negative": ({"amount_idr": -5000}, "amount_idr_must_be_positive"),
-        "amount_huge": ({"amount_idr": 2**62}, "amount_idr_too_large"),
-        "future_dated": ({"disbursed_at_us": (time.time_ns() // 1000) + 90 * 86_400_000_000}, "disbursed_at_in_future"),
-        "out_of_period": ({"period": "1999-12"}, "period_must_be_yyyy_mm"),
+        "amount_huge": ({"amount_idr": 10**12}, "amount_idr_too_large"),  # fewer than 16 digits: the JSON is clear
+        "future_dated": ({"disbursed_at": "2031-01-01T00:00:00+07:00"}, "disbursed_at_in_future"),
+        "out_of_period": ({"period": "2027-02"}, "period_out_of_range"),
         "programme_unknown": ({"programme_code": "NOPE"}, "programme_code_unknown"),
     }
     if category in forged:
         changes, code = forged[category]
-        return ("bytes", token, _forged(raw, key, **changes), code)
+        return ("bytes", token, seal_record({**raw, **changes}, public)[1], code)
+    if category == "identity_seal_invalid":
+        how = rng.choice(("wrong_key", "tampered", "moved"))
+        if how == "wrong_key":
+            value = seal_record(raw, sealing.public_key(sealing.new_private_key()))[1]
+        elif how == "tampered":
+            value = good[:-1] + bytes([good[-1] ^ 0x40])
+        else:  # the seal of another record's identity on this record
+            other = codec.codec(codec.SUBMISSION).decode(seal_record({**raw, "source_ref": raw["source_ref"] + "-X"},
+                                                                       public)[1])
+            value = codec.codec(codec.SUBMISSION).encode({**codec.codec(codec.SUBMISSION).decode(good),
+                                                          "record": other["record"]})
+        return ("bytes", token, value, "identity_seal_invalid")
     if category == "same_ref_other_content":
         original = rng.choice(sent_before)
         return ("sdk", {**original, "amount_idr": original["amount_idr"] + 1000}, "exists_with_different_amount_idr")
@@ -205,11 +214,12 @@ def run(stack):
     api_key = issued_key(cli.run("agencies", "add", AGENCY, "--programmes", "PKH,BPNT,PIP", "--source-systems",
                                  f"{GW_SYSTEM},{SDK_SYSTEM}").stdout)
     cli.run("agencies", "add", OTHER_AGENCY, "--programmes", "PKH", "--source-systems", "FUZZ-ELSEWHERE")
-    key = token_key(stack.stack, stack.home)
+    key = token_key(stack.stack, stack.home)  # the test's own, to know the event ids the doors make
+    public = sealing.public_key(submissions_keys(stack.stack, stack.home)[0])  # all the SDK holds
     base = stack.gateway_url()
     pids = {name: c.process.pid for name, c in stack.children.items()}
     topics = stack.endpoints()["topics"]
-    producer = AgencyProducer(stack.bootstrap, token_key=key, topic=topics["submissions"])
+    producer = AgencyProducer(stack.bootstrap, public_key=public.hex(), topic=topics["submissions"])
 
     # the interleaving: good and bad, each bad one a category, half of everything through each door
     plan = [("good", i) for i in range(GOOD)] + [("bad", i) for i in range(BAD)]
@@ -221,6 +231,7 @@ def run(stack):
     gateway_answers = []  # (category, expected status, expected code, answer)
     sdk_answers = []  # (category, expected code, returned Rejection)
     topic_sent = {}  # (partition, offset) -> (category, expected code)
+    topic_raw = {}  # (partition, offset) -> the record the SDK sent there, for the records the door refuses
     by_event = {}  # event id -> (door, category, expected code) of records that dead-letter later in the stream
     sent_gateway, sent_topic, pending = [], [], []
     futures = []
@@ -266,31 +277,30 @@ def run(stack):
             continue
         if category == "same_ref_other_content" and not sent_topic:
             category = "null_value"  # nothing sent before it yet: any other category
-        case = _topic_case(category, raw, rng, key, sent_topic)
+        case = _topic_case(category, raw, rng, public, sent_topic)
         if case[0] == "sdk":
             _, record, code = case
             outcome = producer.send(record)
             if isinstance(outcome, Rejection):
                 sdk_answers.append((category, code, outcome))
             elif code == "reversal_original_unknown":
-                by_event[outcome.event_id] = ("topic", category, code)
+                by_event[_event_id_of(record, key)] = ("topic", category, code)
             else:
-                futures.append((outcome.future, category, code))
+                futures.append((outcome.future, category, code, record))
         else:
             _, record_key, value, code = case
-            futures.append((producer.send_raw(record_key, value), category, code))
+            futures.append((producer.send_raw(record_key, value), category, code, None))
     flush_gateway()
     producer.flush(60)
-    for future, category, code in futures:
+    for future, category, code, record in futures:
         meta = future.get(timeout=60)
         topic_sent[(meta.partition, meta.offset)] = (category, code)
+        if record is not None:
+            topic_raw[(meta.partition, meta.offset)] = record
     producer.close()
     sent_s = time.monotonic() - started
 
-    good_ids = []
-    for raw in good_gateway + good_topic:
-        event = intake.validate_any(raw, reference=default_reference(), token_key=key, now_us=time.time_ns() // 1000)
-        good_ids.append(event.disbursement.event_id)
+    good_ids = [_event_id_of(raw, key) for raw in good_gateway + good_topic]
 
     def projected() -> int:
         with psycopg.connect(stack.database_url) as conn:
@@ -315,6 +325,7 @@ def run(stack):
     wait_until(all_dead_letters, 240, "every expected dead letter", poll_s=2.0)
     return {"stack": stack, "key": key, "good_ids": good_ids, "good_gateway": good_gateway, "good_topic": good_topic,
             "gateway_answers": gateway_answers, "sdk_answers": sdk_answers, "topic_sent": topic_sent,
+            "topic_raw": topic_raw,
             "by_event": by_event, "letters": letters, "pids": pids, "sent_s": sent_s,
             "total_s": time.monotonic() - started, "categories": Counter(bad_categories)}
 
@@ -505,8 +516,10 @@ def test_dead_letters_of_the_door_replay_once_after_the_registry_is_fixed(run):
     submissions = stack.endpoints()["topics"]["submissions"]
     mine = [d for d in listed["deadletters"] if d["source"]["topic"] == submissions]
     expected = sum(1 for category, _ in run["topic_sent"].values() if category == "out_of_scope_agency")
-    assert len(mine) == expected > 0 and all(d["stage"] == "door" and d["event_id"] for d in mine)
-    event_ids = [d["event_id"] for d in mine]
+    assert len(mine) == expected > 0 and all(d["stage"] == "door" and d["record"] for d in mine)
+    # the listing shows a sealed record's source reference; its event id is the door's to make
+    sent = {(r["source_system"], r["source_ref"]): r for r in run["topic_raw"].values()}
+    event_ids = [_event_id_of(sent[(d["record"]["source_system"], d["record"]["source_ref"])], run["key"]) for d in mine]
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM ledger.events WHERE event_id = ANY(%s::uuid[])",
                             (event_ids,)).fetchone()[0] == 0
@@ -536,20 +549,17 @@ def test_records_the_sdk_sends_twice_are_in_the_ledger_once(run):
     """A record retried by the same producer and sent again by a restarted agency system is one
     ledger entry: the door answers the second `exists`."""
     stack = run["stack"]
-    key = token_key(stack.stack, stack.home)
+    public = sealing.public_key(submissions_keys(stack.stack, stack.home)[0])
     topic = stack.endpoints()["topics"]["submissions"]
     rng = random.Random(SEED + 1)
     records = [_record(50_000 + i, SDK_SYSTEM, rng) for i in range(200)]
     before = _samples(stack.endpoints()["metrics"]["gateway"]).get(("aidledger_door_records_total", "exists"), 0)
-    event_ids = []
     for attempt in range(2):  # the second time as a restarted system would: a new producer
-        with AgencyProducer(stack.bootstrap, token_key=key, topic=topic) as producer:
+        with AgencyProducer(stack.bootstrap, public_key=public, topic=topic) as producer:
             sent = [producer.send(r) for r in records] + [producer.send(r) for r in records[:50]]
             producer.flush(60)
         assert all(isinstance(s, Sent) for s in sent)
-        event_ids.append([s.event_id for s in sent])
-    assert event_ids[0] == event_ids[1]
-    ids = sorted(set(event_ids[0]))
+    ids = sorted({_event_id_of(r, run["key"]) for r in records})
     assert len(ids) == 200
 
     def counts() -> tuple[int, int, int]:
@@ -565,3 +575,24 @@ def test_records_the_sdk_sends_twice_are_in_the_ledger_once(run):
                                                                             0) - before == 300,
                60, "the door to have read every resend", poll_s=0.5)
     assert counts() == (200, 200, 200)
+
+
+def test_the_vault_holds_the_clear_identity_of_what_the_sdk_sealed(run):
+    """The SDK has only the public key, yet `aidledger trail NIK` finds its records by NIK and
+    shows the recipient's name from the vault, as for a gateway record."""
+    stack = run["stack"]
+    cli = Cli(stack)
+    rng = random.Random(SEED + 2)
+    for raw in rng.sample(run["good_topic"], 3) + rng.sample(run["good_gateway"], 1):
+        trail = json.loads(cli.run("trail", raw["nik"], "--json", "--why", "fuzz test").stdout)
+        assert trail["identity_kind"] == "NIK" and trail["recipient_name"] == raw["recipient_name"], raw["source_ref"]
+        assert (raw["source_system"], raw["source_ref"]) in {(e["source_system"], e["source_ref"]) for e in trail["events"]}
+    with psycopg.connect(stack.database_url) as conn:
+        tokens = conn.execute("SELECT DISTINCT person_token FROM ledger.events WHERE source_system = %s",
+                              (SDK_SYSTEM,)).fetchall()
+        in_vault = conn.execute("SELECT count(*) FROM vault.identity WHERE person_token = ANY(%s) AND nik IS NOT NULL",
+                                ([t for (t,) in tokens],)).fetchone()[0]
+        households = conn.execute("SELECT count(*) FROM vault.household h JOIN ledger.events e ON e.kk_token = h.kk_token"
+                                  " WHERE e.source_system = %s", (SDK_SYSTEM,)).fetchone()[0]
+    assert len(tokens) >= 5000 and in_vault == len(tokens)
+    assert households >= 2000  # every other record has a KK

@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import openpyxl
@@ -16,8 +17,16 @@ import psycopg
 import pytest
 from conftest import REPO, read_topic, wait_until
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from aidcore import nik as nikmod
+from aidcore.reference import default_reference
+from aidcore.registries import Entry, disagreements
+from connectors.registries import import_rows
 from infra.stack import token_key
+from projections.migrate import migrate
+from projections.registries import disagreement_report
 from schemas import codec
 from tests.unit.builders import make_nik, raw_record
 
@@ -245,3 +254,70 @@ def test_registry_extracts_and_their_disagreements(stack, cli, tmp_path):
     values = [r.value for r in read_topic(stack.bootstrap, registry_topic, stack.stack.partitions)]
     assert len(values) == 5 + 4 + 5 + 1
     assert not any(nik.encode() in v for v in values for nik in PEOPLE.values())
+
+
+# --- the registries report in PostgreSQL, against its specification -----------------------------
+
+@pytest.fixture(scope="module")
+def registry_db(stack):
+    """A database of its own on the stack's PostgreSQL, migrated, that no relay or projector reads:
+    the tests below write registry rows and outbox rows into it directly."""
+    dsn = stack.endpoints()["database_url"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE registry_report")
+    url = psycopg.conninfo.make_conninfo(dsn, dbname="registry_report")
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        yield conn
+
+
+TOKENS = [f"{i:02x}" * 8 for i in range(10)]  # hex, as person tokens are
+VILLAGES = ["1801012001", "1801012002", "1807012003", "1871011001"]
+entry = st.builds(lambda v, d: Entry(v[:4], v, d), st.sampled_from(VILLAGES), st.none() | st.integers(1, 3))
+contents = st.dictionaries(st.sampled_from(TOKENS), entry, max_size=8)
+# registry -> (current extract, an older one or None); an extract of nobody leaves no row, so none is empty
+registries_state = st.dictionaries(st.sampled_from(("DTKS", "P3KE", "REGSOSEK", "OTHER")),
+                                   st.tuples(st.dictionaries(st.sampled_from(TOKENS), entry, min_size=1, max_size=8),
+                                             st.none() | contents.filter(bool)), max_size=4)
+
+
+def _load(conn, state: dict) -> None:
+    """Each registry's current extract, and an older one when given (which must not count)."""
+    conn.execute("TRUNCATE ledger.registry_records")
+    with conn.cursor() as cur, cur.copy("COPY ledger.registry_records FROM STDIN") as copy:
+        for registry, (current, older) in state.items():
+            for day, people in (("2026-10-01", current), ("2026-01-01", older or {})):
+                for token, e in people.items():
+                    copy.write_row((uuid.uuid4(), registry, day, token, None, e.regency_code, e.village_code,
+                                    e.decile, "x", T0, "t", 0, 0))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=registries_state, regency=st.none() | st.sampled_from(("1801", "1807", "1871", "1804")),
+       n=st.integers(0, 3))
+def test_the_report_in_postgresql_is_the_pure_report(registry_db, state, regency, n):
+    _load(registry_db, state)
+    spec = disagreements({r: current for r, (current, _) in state.items()}, regency=regency, examples_per_kind=n)
+    got = disagreement_report(registry_db, regency, examples_per_kind=n)
+    assert json.dumps(got.as_dict()) == json.dumps(spec.as_dict())  # the same, in the same order
+
+
+def test_a_person_repeated_chunks_apart_is_rejected_without_the_import_holding_the_extract(stack, registry_db):
+    nik = {p: make_nik(serial=800 + i) for i, p in enumerate("ABCD")}
+    rows = [(n, {"nik": nik[p], "village_code": "1871011001", "decile": "2"})
+            for n, p in enumerate("ABCADBB", start=1)]
+    registry_db.execute("TRUNCATE ledger.outbox CASCADE")
+    report = import_rows(registry_db, rows, registry="DTKS", extract_date="2026-10-01", source_name="dtks.csv",
+                         registry_topic="aid.registry.v1", token_key=b"k" * 32, reference=default_reference(),
+                         chunk_rows=2)
+    assert (report.rows, report.accepted, report.rejected) == (7, 4, 3)
+    got = registry_db.execute("SELECT row_number, code FROM ledger.intake_rejections WHERE batch_id = %s"
+                              " ORDER BY row_number", (report.batch_id,)).fetchall()
+    assert got == [(4, "person_repeated_in_extract"), (6, "person_repeated_in_extract"),
+                   (7, "person_repeated_in_extract")]
+    assert registry_db.execute("SELECT count(*) FROM ledger.outbox").fetchone()[0] == 4
+    assert registry_db.execute("SELECT to_regclass('registry_import_seen')").fetchone()[0] is None  # dropped
+    again = import_rows(registry_db, rows, registry="DTKS", extract_date="2026-10-01", source_name="dtks.csv",
+                        registry_topic="aid.registry.v1", token_key=b"k" * 32, reference=default_reference(),
+                        chunk_rows=3)
+    assert (again.accepted, again.redelivered, again.rejected) == (0, 4, 3)

@@ -9,7 +9,7 @@ import urllib.request
 
 import psycopg
 import pytest
-from conftest import Cli, changelog_state, stack_environ, wait_until
+from conftest import Cli, changelog_state, gauge, stack_environ, wait_until
 
 from aidcore.ledger import RULE_DUPLICATE_PERSON, RULE_MODIFIED_RESUBMISSION
 from aidledger.demo import answer_key_check
@@ -19,25 +19,13 @@ from infra.stack import Stack, token_key
 pytestmark = pytest.mark.integration
 
 
-def _gauge(url: str, name: str) -> float:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = response.read().decode()
-    except OSError:
-        return 0.0  # not serving yet (starting, or stopped)
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def test_two_workers_split_the_partitions_and_count_every_event_once(tmp_path):
     stack = Stack(tmp_path / "home", stack_environ(tmp_path / "home"), workers=2)
     stack.start()
     try:
         metrics = stack.endpoints()["metrics"]
         def owned() -> list[float]:
-            return [_gauge(metrics[f"worker-{i}"], "aidledger_worker_assigned_partitions") for i in (0, 1)]
+            return [gauge(metrics[f"worker-{i}"], "aidledger_worker_assigned_partitions") for i in (0, 1)]
 
         # while the second worker joins, the first may still report the whole set: wait for the
         # split to settle rather than reading one moment of a rebalance
@@ -53,7 +41,7 @@ def test_two_workers_split_the_partitions_and_count_every_event_once(tmp_path):
 
         # one worker leaves; the other takes over its partitions, rebuilding their state
         stack.stop_child(stack.children["worker-1"])
-        wait_until(lambda: _gauge(metrics["worker-0"], "aidledger_worker_assigned_partitions") == stack.stack.partitions,
+        wait_until(lambda: gauge(metrics["worker-0"], "aidledger_worker_assigned_partitions") == stack.stack.partitions,
                    90, "the remaining worker to own every partition")
         # at-least-once: the log carries the first file's events a second time (as a relay replay
         # would); the partitions that moved must recognise them from the rebuilt state

@@ -57,6 +57,9 @@ def sample_record(name: str) -> dict:
         return {"event_id": "5b1e0c1a-8f3e-5d7a-9a51-3c1f6f2d9e10", "registry": "P3KE", "extract_date": "2026-10-01",
                 "person_token": "a" * 32, "kk_token": None, "regency_code": "1807", "village_code": "1807012003",
                 "decile": 1, "source_row_ref": "p3ke.csv:2", "recorded_at_us": NOW_US}
+    if name == codec.SUBMISSION:
+        return {"record": '{"source_system":"SIKS-NG","source_ref":"R-1"}', "key_id": "3c867ecdd9f0ebf5",
+                "ephemeral_key": b"e" * 32, "nonce": b"n" * 12, "sealed_identity": b"c" * 40}
     raise AssertionError(f"no sample for {name}; add one when a record is added to RECORD_NAMES")
 
 

@@ -281,7 +281,8 @@ DEPLOYMENT_TEXTS = [
 @pytest.mark.parametrize("path", DEPLOYMENT_TEXTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_aidledger_variable_is_a_setting_the_code_reads(path):
     used = set(re.findall(r"\bAIDLEDGER_[A-Z0-9_]+\b", path.read_text(encoding="utf-8")))
-    unknown = sorted(used - SETTING_VARIABLES)
+    # AIDLEDGER_TEST_*: knobs of the test suite (the soak's length, where results go), not settings
+    unknown = sorted(v for v in used - SETTING_VARIABLES if not v.startswith("AIDLEDGER_TEST_"))
     assert not unknown, f"{path.relative_to(ROOT)} names variables no settings group reads: {unknown}"
 
 
@@ -314,7 +315,7 @@ def test_every_process_has_a_health_check_on_its_own_metrics(process):
 def test_no_secret_is_written_into_the_compose_file(service):
     env = environment(SERVICES[service])
     assert "AIDLEDGER_NIK_TOKEN_KEY" not in env, "the token key comes from a secret file"
-    spelled_out = [k for k in env if re.search(r"PASSWORD$|SECRET$|TOKEN_KEY$", k)]
+    spelled_out = [k for k in env if re.search(r"PASSWORD$|SECRET$|_KEY$", k)]
     assert not spelled_out, f"{service}: {spelled_out} (use the *_FILE variant and a secret)"
     url = env.get("AIDLEDGER_DATABASE_URL")
     if url:
@@ -787,6 +788,17 @@ def test_the_gateway_reads_the_token_key_from_its_secret():
     key_file = StackSettings.from_env(environment(service)).nik_token_key_file
     assert PurePosixPath(key_file).parent == PurePosixPath("/run/secrets")
     assert PurePosixPath(key_file).name in secret_names(service) and PurePosixPath(key_file).name in COMPOSE["secrets"]
+
+
+def test_only_the_gateway_opens_sealed_identities_with_the_key_from_its_secret():
+    """The submissions door runs in the gateway and opens what the SDK seals: without the key file
+    the gateway would look for <home>/secrets, which a container does not have, and refuse to start."""
+    holders = {name for name, s in SERVICES.items() if "submissions_key" in secret_names(s)}
+    assert holders == {HTTP_SERVICES["gateway"]}
+    settings = StackSettings.from_env(environment(SERVICES[HTTP_SERVICES["gateway"]]))
+    key_file = PurePosixPath(settings.submissions_key_file)
+    assert not settings.submissions_key and key_file.parent == PurePosixPath("/run/secrets")
+    assert key_file.name in COMPOSE["secrets"]
 
 
 def test_the_dashboard_signs_sessions_with_one_key_from_a_secret():

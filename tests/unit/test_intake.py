@@ -61,6 +61,7 @@ CASES: dict[str, tuple[dict, str | None]] = {
     "disbursed_at_invalid": ({"disbursed_at": "yesterday"}, "disbursed_at"),
     "disbursed_at_needs_offset": ({"disbursed_at": "2026-04-03T10:00:00"}, "disbursed_at"),
     "disbursed_at_in_future": ({"disbursed_at": "2027-01-01T00:00:00+07:00"}, "disbursed_at"),
+    "period_out_of_range": ({"period": "2024-01"}, "period"),
     "channel_unknown": ({"channel": "PIGEON"}, "channel"),
     "region_code_must_be_10_ascii_digits": ({"region_code": "187101100"}, "region_code"),
     "funding_account_required": ({"funding_account": ""}, "funding_account"),
@@ -273,9 +274,17 @@ def test_huge_exponent_amount_is_rejected_quickly():
 # --- period and time -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("period", ["2026-01", "2026-12", "2000-01", "2100-12"])
+@pytest.mark.parametrize("period", ["2026-01", "2026-04", "2000-01", "2025-12"])
 def test_good_periods(period):
-    assert disbursement(period=period).period == period
+    assert disbursement(period=period, disbursed_at=f"{period}-01T10:00:00+07:00").period == period
+
+
+@pytest.mark.parametrize(("period", "ok"), [("2025-04", True), ("2025-03", False), ("2026-07", True),
+                                            ("2026-08", False), ("2099-01", False), ("2000-01", False)])
+def test_a_period_may_be_12_months_behind_or_3_ahead_of_the_month_paid(period, ok):
+    raw = raw_record(period=period, disbursed_at="2026-04-01T00:30:00+07:00")  # March 31 in UTC, April where paid
+    outcome = validate(raw)
+    assert isinstance(outcome, Accepted) if ok else outcome.code == "period_out_of_range", outcome
 
 
 @pytest.mark.parametrize("period", ["2026-00", "2026-13", "2026-4", "202604", "26-04", "1999-12", "2101-01", "2026/04", "\uff12\uff10\uff12\uff16-04"])
