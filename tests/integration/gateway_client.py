@@ -39,6 +39,8 @@ def record(**overrides: Any) -> dict:
         "region_code": "1871011001",
         "funding_account": "APBN-2026-KEMENSOS-PKH",
     }
+    if "period" in overrides and "disbursed_at" not in overrides:  # paid in its own month, as most are
+        body["disbursed_at"] = f"{overrides['period']}-03T10:00:00+07:00"
     body.update(overrides)
     return body
 

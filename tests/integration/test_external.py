@@ -24,6 +24,7 @@ def test_stack_uses_external_kafka_and_postgres(tmp_path):
         env["AIDLEDGER_KAFKA_BOOTSTRAP"] = broker.endpoint
         env["AIDLEDGER_DATABASE_URL"] = postgres.endpoint
         env["AIDLEDGER_NIK_TOKEN_KEY"] = "ab" * 32
+        env["AIDLEDGER_SUBMISSIONS_KEY"] = "cd" * 32
         stack = Stack(tmp_path / "home", env)
         stack.start()
         try:
@@ -31,7 +32,7 @@ def test_stack_uses_external_kafka_and_postgres(tmp_path):
             ep = stack.endpoints()
             assert ep["kafka_bootstrap"] == broker.endpoint and ep["database_url"] == postgres.endpoint
             assert not (tmp_path / "home" / "postgres").exists()
-            assert not (tmp_path / "home" / "secrets").exists()  # the key came from the environment
+            assert not (tmp_path / "home" / "secrets").exists()  # the keys came from the environment
             path = tmp_path / "in.jsonl"
             data = synthetic.generate(200, seed=3)
             synthetic.write_jsonl(path, data.records)

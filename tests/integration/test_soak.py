@@ -111,7 +111,7 @@ def _soak(stack, out: Path) -> None:
             records = [record(source_ref=f"SOAK-{b:06d}-{i:03d}", nik=nik(1 + (b * BATCH + i) % 9999),
                               kk=f"1871010101{100001 + (b * BATCH + i) % 9999:06d}",  # a household each
                               amount_idr=100_000 + (b * BATCH + i) % 900_000,
-                              programme_code="BPNT" if i % 2 else "PKH", period=f"2026-{1 + (b + i) % 12:02d}")
+                              programme_code="BPNT" if i % 2 else "PKH", period=f"2026-{1 + (b + i) % 11:02d}")
                        for i in range(BATCH)]
             try:
                 answer = call(base, "POST", "/v1/batches", batch(records), key=key, timeout=30)
