@@ -123,7 +123,7 @@ def record_transition(conn: psycopg.Connection, alert_id: str, step: int, t: Tra
 def reversal_recorded(conn: psycopg.Connection, source_system: str, source_ref: str) -> bool:
     """Whether a reversal is recorded under the key: archived, or taken in at intake."""
     return conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM ledger.reversals WHERE source_system = %s AND source_ref = %s)"
+        "SELECT EXISTS (SELECT 1 FROM ledger.reversal_events WHERE source_system = %s AND source_ref = %s)"
         " OR EXISTS (SELECT 1 FROM ledger.intake_keys WHERE source_system = %s AND source_ref = %s"
         " AND coalesce(record_type, CASE WHEN programme_code = '' THEN 'reversal' END) = 'reversal')",
         (source_system, source_ref) * 2).fetchone()[0]

@@ -32,7 +32,9 @@ class ExportError(ValueError):
 
 
 # The period's ledger lines: its disbursements (accepted or not, with the outcome) and the
-# reversals that name its accepted payments, each with where it sits on the log.
+# reversals archived that name its accepted payments, each with where it sits on the log. A
+# reversal's status is the stream's (ledger.reversal_status): applied, pending, or the code of the
+# dead letter that dropped or refused it (empty while that dead letter is not projected yet).
 _LEDGER = (
     "ledger.csv",
     ("record_type", "event_id", "source_system", "source_ref", "agency_code", "programme_code", "person_token",
@@ -48,10 +50,15 @@ _LEDGER = (
     " UNION ALL"
     " SELECT 'reversal', r.event_id::text, r.source_system, r.source_ref, r.agency_code, o.programme_code,"
     " r.person_token, r.identity_kind, coalesce(o.kk_token, ''), r.amount_idr, o.period, r.reversed_at,"
-    " o.region_code, o.funding_account, o.channel, o.kind, r.status = 'applied', r.status, r.status,"
-    ' o.event_id::text, r.recorded_at, r.partition, r."offset", encode(sha256(r.value), \'hex\')'
-    " FROM ledger.reversals r JOIN ledger.events o ON o.accepted AND o.source_system = r.original_source_system"
+    " o.region_code, o.funding_account, o.channel, o.kind, coalesce(s.status = 'applied', false), st.status,"
+    ' st.status, o.event_id::text, r.recorded_at, r.partition, r."offset", encode(sha256(r.value), \'hex\')'
+    " FROM ledger.reversal_events r JOIN ledger.events o ON o.accepted AND o.source_system = r.original_source_system"
     " AND o.source_ref = r.original_source_ref AND o.person_token = r.person_token"
+    " LEFT JOIN ledger.reversal_status s ON s.event_id = r.event_id"
+    " LEFT JOIN LATERAL (SELECT code FROM ledger.deadletters d WHERE d.source_topic = r.topic"
+    ' AND d.source_partition = r.partition AND d.source_offset = r."offset" LIMIT 1) d ON true'
+    " CROSS JOIN LATERAL (SELECT CASE WHEN s.status IN ('applied', 'pending') THEN s.status"
+    " ELSE coalesce(d.code, s.status, '') END AS status) st"
     " WHERE o.period = %(period)s AND o.region_code LIKE %(region)s"
     ") lines ORDER BY 12, 2",
 )

@@ -12,8 +12,10 @@ first event under a (source_system, source_ref) is accepted; a later one with ot
 archived as not accepted, with the named outcome.
 
 The money trail (`_project_money`, at the end of this module) rides the same transaction: budget
-records, reversals as the person stage's changelog says it decided them, their legs
-(`aidcore.postings`) and the balances of the treasury, budget-line, agency and programme accounts.
+records and reversals archived (and chained) as read from the ledger topic, what the person
+stage's changelog says it decided about each reversal (a projection, kept apart from the archive
+and never hashed), their legs (`aidcore.postings`) and the balances of the treasury, budget-line,
+agency and programme accounts.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class BatchStats:
     deadletters: int = 0
     alert_latencies_ms: list[float] = field(default_factory=list)
     budget_events: int = 0  # allocations and releases archived
-    reversals: int = 0  # reversals the stream took in, archived or changed status
+    reversals: int = 0  # reversals archived, and reversals whose status the stream's changelog set or changed
     reversals_posted: int = 0
     changelog_undecodable: int = 0
     registry_records: int = 0  # people of registry extracts projected
@@ -157,11 +159,11 @@ def write_batch(
             if dead_records:
                 _project_deadletters(cur, dead_records, stats)
             if trail is not None or state_records:
-                _project_money(cur, topics["ledger"], trail, state_records, stats)
+                _project_money(cur, trail, state_records, stats)
             if registry_records:
                 stats.registry_records, stats.registry_undecodable = project_registry(cur, registry_records)
             if trail is not None:
-                chaining.add_late(trail.archived)  # the budget records archived just now
+                chaining.add_late(trail.archived)  # the budget records and reversals archived just now
                 chaining.write(cur)
             cur.executemany(
                 "INSERT INTO ledger.tracking (projector, topic, partition, next_offset, updated_at)"
@@ -206,7 +208,7 @@ def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
     budget records the decoding set aside."""
     conn = cur.connection
     decoding = _Decoding(records, stats)
-    trail = _MoneyOfBatch({}, decoding.budget)
+    trail = _MoneyOfBatch({}, decoding.budget, decoding.reversals)
     decoding.more(_SLICE)
     decoded = decoding.take()
     originals: Originals = {}
@@ -233,9 +235,8 @@ def _project_events(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
 
 
 # The one place ledger records are told apart. Rulebook activations are kept in ledger.rulebooks
-# by whoever activates them; reversals are archived from the person stage's changelog, once the
-# stream took them in (`_project_reversal_decisions`); budget records are set aside for
-# `_project_budget`. Everything else is a payment for the archive.
+# by whoever activates them; budget records are set aside for `_project_budget`, reversals for
+# `_archive_reversals`. Everything else is a payment for the archive.
 _NOT_ARCHIVED_HERE = (codec.RULEBOOK, codec.REVERSAL, *codec.BUDGET_RECORDS)
 
 # Events per slice: small enough that the first slice, decoded with nothing to overlap, is a
@@ -254,6 +255,7 @@ class _Decoding:
         self._seen_ids: set[str] = set()
         self._ready: list[tuple[Record, tuple]] = []
         self.budget: list[Record] = []  # allocations and releases, in log order
+        self.reversals: list[Record] = []  # in log order
 
     @property
     def exhausted(self) -> bool:
@@ -267,6 +269,8 @@ class _Decoding:
             if kind in _NOT_ARCHIVED_HERE:
                 if kind in codec.BUDGET_RECORDS:
                     self.budget.append(r)
+                elif kind == codec.REVERSAL:
+                    self.reversals.append(r)
                 continue
             try:
                 values = codec.decode_disbursement_values(r.value)
@@ -565,7 +569,8 @@ class _MoneyOfBatch:
 
     spent: Spent
     budget: list[Record]
-    archived: list[tuple[int, int, str, bytes]] = field(default_factory=list)  # budget records archived, to chain
+    reversals: list[Record]
+    archived: list[tuple[int, int, str, bytes]] = field(default_factory=list)  # budget records and reversals, to chain
 
 
 def _add_spent(rows: Sequence[tuple], spent: Spent) -> None:
@@ -575,18 +580,20 @@ def _add_spent(rows: Sequence[tuple], spent: Spent) -> None:
             spent[key] = spent.get(key, 0) + row[_AMOUNT]
 
 
-def _project_money(cur: psycopg.Cursor, ledger_topic: str, trail: _MoneyOfBatch | None, state_records: Sequence[Record],
+def _project_money(cur: psycopg.Cursor, trail: _MoneyOfBatch | None, state_records: Sequence[Record],
                    stats: BatchStats) -> None:
-    """The batch's budget records, the reversal decisions in its changelog records, the legs of
-    reversals that can now be posted, and the balances all of them change."""
+    """The batch's budget records and reversals, the reversal decisions in its changelog records,
+    the legs of reversals that can now be posted, and the balances all of them change."""
     deltas: dict[str, int] = {}
     if trail is not None:
         for (agency, programme, line), amount in trail.spent.items():
             _add_legs(deltas, money.disbursement_legs(agency, programme, line, "", amount))
         if trail.budget:
-            trail.archived = _project_budget(cur, trail.budget, deltas, stats)
+            trail.archived += _project_budget(cur, trail.budget, deltas, stats)
+        if trail.reversals:
+            trail.archived += _archive_reversals(cur, trail.reversals, stats)
     if state_records:
-        _project_reversal_decisions(cur, ledger_topic, state_records, stats)
+        _project_reversal_decisions(cur, state_records, stats)
     _post_applied_reversals(cur, deltas, stats)
     if deltas:
         _add_balances(cur, deltas)
@@ -660,32 +667,65 @@ def _project_budget(cur: psycopg.Cursor, records: Sequence[Record], deltas: dict
     return [(r.partition, r.offset, e.event_id, r.value) for r, e in todo]
 
 
-def _project_reversal_decisions(cur: psycopg.Cursor, ledger_topic: str, records: Sequence[Record],
-                                stats: BatchStats) -> None:
+# The archive's columns of a reversal, in `Reversal` field order up to recorded_at, then its log
+# position and bytes; each goes to PostgreSQL as one array.
+_REVERSAL_ARCHIVE_SQL = (
+    "INSERT INTO ledger.reversal_events (event_id, source_system, source_ref, original_source_system,"
+    " original_source_ref, agency_code, person_token, identity_kind, amount_idr, reason, reversed_at,"
+    " reversed_at_offset_min, recorded_at, topic, partition, \"offset\", value)"
+    " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::int8[], %s::text[], %s::timestamptz[], %s::int4[], %s::timestamptz[], %s::text[], %s::int4[],"
+    " %s::int8[], %s::bytea[])"
+    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id::text"
+)
+
+
+def _archive_reversals(cur: psycopg.Cursor, records: Sequence[Record],
+                       stats: BatchStats) -> list[tuple[int, int, str, bytes]]:
+    """Every reversal on the ledger topic, archived once (keyed by event id) as read, whatever the
+    stream decides about it: the event is immutable, its status is `_project_reversal_decisions`'.
+    One statement for the batch, which also tells the ones archived before. Returns what it
+    archived, for the chain."""
+    fresh: dict[str, tuple[Record, tuple]] = {}
+    for r in records:
+        try:
+            v = codec.decode_reversal(r.value)
+        except codec.CodecError:
+            stats.events_undecodable += 1  # the worker dead-letters it; the dead letter is projected
+            continue
+        fresh.setdefault(v.event_id, (r, (
+            v.event_id, v.source_system, v.source_ref, v.original_source_system, v.original_source_ref,
+            v.agency_code, v.person_token, v.identity_kind, v.amount_idr, v.reason, _ts(v.reversed_at_us),
+            v.reversed_at_offset_min, _ts(v.recorded_at_us), r.topic, r.partition, r.offset, r.value)))
+    if not fresh:
+        return []
+    columns = [list(c) for c in zip(*(row for _, row in fresh.values()))]
+    new = {event_id for (event_id,) in cur.execute(_REVERSAL_ARCHIVE_SQL, columns).fetchall()}
+    stats.reversals += len(new)
+    return [(r.partition, r.offset, event_id, r.value) for event_id, (r, _) in fresh.items() if event_id in new]
+
+
+def _project_reversal_decisions(cur: psycopg.Cursor, records: Sequence[Record], stats: BatchStats) -> None:
     """Follow the person stage's changelog, in its order per partition: a reversal among a
     record's values was taken into the stream's state (`pending`); one the record names applied
     took effect (`applied`, never undone); an entry it removes left the state (`removed`, unless
     it was applied). A reversal taken in again after it was removed (a replayed dead letter) is
     pending again. Reading the state's own changelog is what keeps the projection equal to the
     stream: the wait for an original is timed by the worker's clock, so no rule over the log
-    alone could say which reversals the stream applied."""
+    alone could say which reversals the stream applied. Only ledger.reversal_status changes: the
+    reversal itself is archived from the ledger topic (`_archive_reversals`)."""
     decoder = codec.codec(codec.STATE_DELTA)
-    steps: list[tuple[str, object]] = []  # ("take", row) | ("apply", event id) | ("remove", (token, key))
+    steps: list[tuple[str, object]] = []  # ("take", key row) | ("apply", event id) | ("remove", (token, key))
     for r in records:
         try:
             delta = decoder.decode(r.value)
         except codec.CodecError:
             stats.changelog_undecodable += 1  # only the worker writes here: a bug, made visible
             continue
-        partition = delta["source_partition"]
-        offsets = delta["offsets"] or [-1] * len(delta["events"])
-        for value, offset in zip(delta["events"], offsets):
+        for value in delta["events"]:
             if codec.kind_of(value) == codec.REVERSAL:
                 v = codec.decode_reversal(value)
-                steps.append(("take", (v.event_id, v.source_system, v.source_ref, v.original_source_system,
-                                       v.original_source_ref, v.agency_code, v.person_token, v.identity_kind, v.amount_idr,
-                                       v.reason, _ts(v.reversed_at_us), v.reversed_at_offset_min,
-                                       _ts(v.recorded_at_us), ledger_topic, partition, offset, value)))
+                steps.append(("take", (v.event_id, v.person_token, v.source_system, v.source_ref)))
         for raw_id in delta["applied"]:
             steps.append(("apply", event_id_text(raw_id)))
         for entry in delta["removed"]:
@@ -697,7 +737,7 @@ def _project_reversal_decisions(cur: psycopg.Cursor, ledger_topic: str, records:
     status: dict[str, str] = {}  # event id -> status, as stored and then as the steps change it
     keys: dict[tuple[str, int], str] = {}  # (person token, idempotency key) -> event id
     for event_id, state, token, system, ref in cur.execute(
-            "SELECT event_id::text, status, person_token, source_system, source_ref FROM ledger.reversals"
+            "SELECT event_id::text, status, person_token, source_system, source_ref FROM ledger.reversal_status"
             " WHERE event_id = ANY(%s::uuid[]) OR person_token = ANY(%s::text[])", (ids, tokens)):
         status[event_id] = state
         keys[(token, idem_key(system, ref))] = event_id
@@ -708,7 +748,7 @@ def _project_reversal_decisions(cur: psycopg.Cursor, ledger_topic: str, records:
             event_id = item[0]
             if event_id not in status:
                 new_rows[event_id] = item
-                keys[(item[6], idem_key(item[1], item[2]))] = event_id
+                keys[(item[1], idem_key(item[2], item[3]))] = event_id
             if status.get(event_id) in (None, "removed"):
                 status[event_id] = "pending"
         elif step == "apply":
@@ -722,29 +762,28 @@ def _project_reversal_decisions(cur: psycopg.Cursor, ledger_topic: str, records:
                 status[event_id] = "removed"
     if new_rows:
         cur.executemany(
-            "INSERT INTO ledger.reversals (event_id, source_system, source_ref, original_source_system,"
-            " original_source_ref, agency_code, person_token, identity_kind, amount_idr, reason, reversed_at,"
-            " reversed_at_offset_min, recorded_at, topic, partition, \"offset\", value, status)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO ledger.reversal_status (event_id, person_token, source_system, source_ref, status)"
+            " VALUES (%s, %s, %s, %s, %s)",
             [(*row, status[event_id]) for event_id, row in new_rows.items()])
     changed = [(state, event_id) for event_id, state in status.items()
                if event_id not in new_rows and stored.get(event_id) != state]
     if changed:
-        cur.executemany("UPDATE ledger.reversals SET status = %s WHERE event_id = %s", changed)
+        cur.executemany("UPDATE ledger.reversal_status SET status = %s WHERE event_id = %s", changed)
     stats.reversals += len(new_rows) + len(changed)
 
 
 def _post_applied_reversals(cur: psycopg.Cursor, deltas: dict[str, int], stats: BatchStats) -> None:
-    """Applied reversals whose original is archived: their legs (the original's, negated, for the
-    amount taken back), the original's person totals made net, and `applied_at`, the later of
-    the two intake times. One whose original the projector has not archived yet waits for it:
-    the ledger partition can be behind the changelog's."""
+    """Applied reversals that are archived and whose original is archived: their legs (the
+    original's, negated, for the amount taken back), the original's person totals made net, and
+    `applied_at`, the later of the two intake times. One the projector has not archived yet, or
+    whose original it has not, waits for it: the ledger partition can be behind the changelog's."""
     ready = cur.execute(
         "SELECT r.event_id::text, r.amount_idr, greatest(r.recorded_at, o.recorded_at), r.topic, r.partition,"
-        " r.\"offset\", o.value FROM ledger.reversals r JOIN ledger.events o ON o.accepted"
+        " r.\"offset\", o.value FROM ledger.reversal_status s JOIN ledger.reversal_events r USING (event_id)"
+        " JOIN ledger.events o ON o.accepted"
         " AND o.source_system = r.original_source_system AND o.source_ref = r.original_source_ref"
         " AND o.person_token = r.person_token"
-        " WHERE r.status = 'applied' AND r.applied_at IS NULL ORDER BY r.recorded_at, r.event_id").fetchall()
+        " WHERE s.status = 'applied' AND s.applied_at IS NULL ORDER BY r.recorded_at, r.event_id").fetchall()
     if not ready:
         return
     legs, net, done = [], [], []
@@ -759,7 +798,8 @@ def _post_applied_reversals(cur: psycopg.Cursor, deltas: dict[str, int], stats: 
     cur.executemany(_POSTINGS_INSERT, legs)
     cur.executemany("UPDATE ledger.person_totals SET amount_idr_total = amount_idr_total - %s"
                     " WHERE person_token = %s AND programme_code = %s AND period = %s", net)
-    cur.executemany("UPDATE ledger.reversals SET applied_at = %s, original_event_id = %s WHERE event_id = %s", done)
+    cur.executemany("UPDATE ledger.reversal_status SET applied_at = %s, original_event_id = %s WHERE event_id = %s",
+                    done)
     stats.reversals_posted += len(ready)
 
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from aidcore import chain
-from aidcore.intake import Disbursement, content_digest, field_digests, make_event_id
+from aidcore.intake import Disbursement, Reversal, content_digest, field_digests, make_event_id
 from infra.embedded import free_port, start_postgres
 from projections import audit
 from projections.migrate import migrate, migrations
@@ -40,6 +40,23 @@ def event(n: int, *, amount_idr: int = 300_000) -> Disbursement:
                    field_digests=field_digests(values))
 
 
+def reversal(n: int, *, amount_idr: int = 100_000) -> Reversal:
+    """A reversal of event(n - 1)."""
+    r = Reversal(
+        event_id="", source_system="SIKS-NG", source_ref=f"V-{n}", original_source_system="SIKS-NG",
+        original_source_ref=f"R-{n - 1}", agency_code="KEMENSOS", person_token=f"{(n - 1) % 97:032x}",
+        identity_kind="NIK", amount_idr=amount_idr, reason="paid twice", reversed_at_us=BASE_US + n,
+        reversed_at_offset_min=420, recorded_at_us=BASE_US + n,
+    )
+    values = r.content_values()
+    return replace(r, event_id=make_event_id(r.source_system, r.source_ref, content_digest(values)),
+                   field_digests=field_digests(values))
+
+
+def encode(e) -> bytes:
+    return codec.encode_reversal(e) if isinstance(e, Reversal) else codec.encode_disbursement(e)
+
+
 class Log:
     """The ledger topic: each partition appends at increasing offsets."""
 
@@ -50,7 +67,7 @@ class Log:
         out = []
         for i, d in enumerate(events):
             p = partition_of(i)
-            out.append(Record(TOPICS["ledger"], p, self.next_offset[p], b"k", codec.encode_disbursement(d)))
+            out.append(Record(TOPICS["ledger"], p, self.next_offset[p], b"k", encode(d)))
             self.next_offset[p] += 1
         return out
 
@@ -207,18 +224,7 @@ def test_records_archived_before_the_chain_existed_are_chained_by_the_migration(
         for b, batch in enumerate(batches):
             with c.transaction():
                 for r in batch:
-                    d = codec.decode_disbursement(r.value)
-                    c.execute(
-                        "INSERT INTO ledger.events (event_id, topic, partition, \"offset\", source_system, source_ref,"
-                        " source_type, agency_code, programme_code, person_token, identity_kind, amount_idr, kind,"
-                        " period, disbursed_at, disbursed_at_offset_min, channel, region_code, funding_account,"
-                        " recorded_at, accepted, outcome, value, projected_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
-                        " %s, %s, %s, %s, %s, %s, %s, now(), 420, %s, %s, %s, now(), true, 'accepted', %s,"
-                        " now() + %s * interval '1 minute')",
-                        (d.event_id, r.topic, r.partition, r.offset, d.source_system, d.source_ref, d.source_type,
-                         d.agency_code, d.programme_code, d.person_token, d.identity_kind, d.amount_idr, d.kind,
-                         d.period, d.channel, d.region_code, d.funding_account, r.value, b),
-                    )
+                    insert_event(c, r, b)
     migrate(url)
     with psycopg.connect(url, autocommit=True) as c:
         expected = list(chain.extend({}, [(r.partition, r.offset, codec.decode_disbursement(r.value).event_id, r.value)
@@ -227,6 +233,22 @@ def test_records_archived_before_the_chain_existed_are_chained_by_the_migration(
                            " FROM ledger.chain ORDER BY partition, position").fetchall()
         assert stored == expected
         assert check(c).ok
+
+
+def insert_event(c, r: Record, minutes: int = 0) -> None:
+    """A payment archived as an older schema's projector did, `minutes` after now."""
+    d = codec.decode_disbursement(r.value)
+    c.execute(
+        "INSERT INTO ledger.events (event_id, topic, partition, \"offset\", source_system, source_ref,"
+        " source_type, agency_code, programme_code, person_token, identity_kind, amount_idr, kind,"
+        " period, disbursed_at, disbursed_at_offset_min, channel, region_code, funding_account,"
+        " recorded_at, accepted, outcome, value, projected_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+        " %s, %s, %s, %s, %s, %s, %s, now(), 420, %s, %s, %s, now(), true, 'accepted', %s,"
+        " now() + %s * interval '1 minute')",
+        (d.event_id, r.topic, r.partition, r.offset, d.source_system, d.source_ref, d.source_type,
+         d.agency_code, d.programme_code, d.person_token, d.identity_kind, d.amount_idr, d.kind,
+         d.period, d.channel, d.region_code, d.funding_account, r.value, minutes),
+    )
 
 
 # --- each kind of tampering, and where it is found ----------------------------------------------------
@@ -344,17 +366,22 @@ def rewrite_from(conn, partition: int, position: int) -> None:
     with as_superuser(conn):
         conn.execute("UPDATE ledger.events SET value = %s, amount_idr = 9000000 WHERE event_id = %s",
                      (codec.encode_disbursement(changed), target))
-        rows = conn.execute(
-            'SELECT c.position, c."offset", a.value FROM ledger.chain c JOIN ledger.events a USING (event_id)'
-            " WHERE c.partition = %s AND c.position >= %s ORDER BY c.position", (partition, position)).fetchall()
-        prev = bytes(conn.execute("SELECT hash FROM ledger.chain WHERE partition = %s AND position = %s",
-                                  (partition, position - 1)).fetchone()[0])
-        for p_, offset, value in rows:
-            digest = chain.value_digest(bytes(value))
-            h = chain.link(prev, partition, p_, offset, digest)
-            conn.execute("UPDATE ledger.chain SET value_sha256 = %s, prev_hash = %s, hash = %s"
-                         " WHERE partition = %s AND position = %s", (digest, prev, h, partition, p_))
-            prev = h
+        relink_from(conn, partition, position)
+
+
+def relink_from(conn, partition: int, position: int) -> None:
+    """Recompute every hash of a partition from `position` on, over the archive as it now is."""
+    rows = conn.execute(
+        'SELECT c.position, c."offset", a.value FROM ledger.chain c JOIN ledger.archived_records a USING (event_id)'
+        " WHERE c.partition = %s AND c.position >= %s ORDER BY c.position", (partition, position)).fetchall()
+    prev = bytes(conn.execute("SELECT hash FROM ledger.chain WHERE partition = %s AND position = %s",
+                              (partition, position - 1)).fetchone()[0])
+    for p_, offset, value in rows:
+        digest = chain.value_digest(bytes(value))
+        h = chain.link(prev, partition, p_, offset, digest)
+        conn.execute("UPDATE ledger.chain SET value_sha256 = %s, prev_hash = %s, hash = %s"
+                     " WHERE partition = %s AND position = %s", (digest, prev, h, partition, p_))
+        prev = h
 
 
 def test_a_whole_chain_rewritten_with_recomputed_hashes(conn):
@@ -419,3 +446,168 @@ def test_a_tampered_chain_is_not_sealed(conn):
                              partitions=range(PARTITIONS), closed_at="2026-11-22T17:00:00+00:00")
     assert doc is None and not report.ok
     assert conn.execute("SELECT count(*) FROM ledger.seals").fetchone()[0] == 0
+
+
+# --- the same tampering at a reversal ----------------------------------------------------------------
+# Reversals are chained like payments (their status, the stream's decision, lives outside the
+# archive and the hash): each kind of tampering is found at a reversal's row too.
+
+def with_reversals(conn, log: Log | None = None, first: int = 0) -> Log:
+    """120 records through the projector's write path in batches of 25, every fifth a reversal
+    of the payment before it (the stream's changelog not read: status plays no part)."""
+    log = log or Log()
+    records = log.records([reversal(i) if i % 5 == 4 else event(i) for i in range(first, first + 120)])
+    for i in range(0, len(records), 25):
+        write(conn, records[i : i + 25])
+    return log
+
+
+def reversal_at(conn, partition: int, nth: int) -> tuple[int, str]:
+    """The chain position and event id of the `nth` reversal of a partition."""
+    return conn.execute(
+        "SELECT c.position, c.event_id::text FROM ledger.chain c JOIN ledger.reversal_events r USING (event_id)"
+        " WHERE c.partition = %s ORDER BY c.position OFFSET %s LIMIT 1", (partition, nth)).fetchone()
+
+
+def test_reversals_are_chained_with_the_payments_in_log_order(conn):
+    with_reversals(conn)
+    for p in range(PARTITIONS):
+        rows = chain_rows(conn, p)
+        archive = conn.execute('SELECT event_id::text, "offset" FROM ledger.archived_records WHERE partition = %s'
+                               ' ORDER BY "offset"', (p,)).fetchall()
+        assert [(r[2], r[1]) for r in rows] == archive and [r[1] for r in rows] == list(range(30))
+    assert conn.execute("SELECT count(*) FROM ledger.reversal_events").fetchone()[0] == 24
+    report = check(conn)
+    assert report.ok and report.events == 120
+    for sql in ("UPDATE ledger.reversal_events SET amount_idr = 1", "DELETE FROM ledger.reversal_events",
+                "TRUNCATE ledger.reversal_events"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute(sql)
+
+
+def test_a_changed_byte_in_a_reversal(conn):
+    with_reversals(conn)
+    position, target = reversal_at(conn, 1, 2)
+    with as_superuser(conn):
+        conn.execute("UPDATE ledger.reversal_events SET value = set_byte(value, 40, get_byte(value, 40) # 1)"
+                     " WHERE event_id = %s", (target,))
+    finding = only_problem(check(conn))
+    assert (finding.partition, finding.position, finding.problem) == (1, position, chain.VALUE_CHANGED)
+    assert target in finding.detail
+
+
+def test_a_deleted_reversal(conn):
+    with_reversals(conn)
+    position, target = reversal_at(conn, 2, 3)
+    with as_superuser(conn):
+        conn.execute("DELETE FROM ledger.reversal_events WHERE event_id = %s", (target,))
+        conn.execute("DELETE FROM ledger.chain WHERE event_id = %s", (target,))
+    finding = only_problem(check(conn))
+    assert (finding.partition, finding.position, finding.problem) == (2, position, chain.MISSING)
+
+
+def test_a_reversal_swapped_with_a_payment(conn):
+    with_reversals(conn)
+    position, _ = reversal_at(conn, 3, 1)
+    later = position + 3
+    with as_superuser(conn):
+        conn.execute("UPDATE ledger.chain SET position = 1000 WHERE partition = 3 AND position = %s", (position,))
+        conn.execute("UPDATE ledger.chain SET position = %s WHERE partition = 3 AND position = %s", (position, later))
+        conn.execute("UPDATE ledger.chain SET position = %s WHERE partition = 3 AND position = 1000", (later,))
+    finding = only_problem(check(conn))
+    assert (finding.partition, finding.position, finding.problem) == (3, position, chain.OUT_OF_ORDER)
+    assert f"chained at position {later}" in finding.detail
+
+
+def test_a_tail_truncated_from_a_reversal_on(conn):
+    with_reversals(conn)
+    sealed = make_seal(conn, audit.new_private_key(), "2026-11-22T17:00:00+00:00")
+    position, _ = reversal_at(conn, 0, 4)
+    with as_superuser(conn):
+        for table in ("ledger.events", "ledger.reversal_events", "ledger.chain"):
+            conn.execute(f"DELETE FROM {table} WHERE event_id IN (SELECT event_id FROM ledger.chain"
+                         " WHERE partition = 0 AND position >= %s)", (position,))
+    assert check(conn).ok  # a shorter chain holds by itself
+    finding = only_problem(check(conn, [sealed]))
+    assert (finding.partition, finding.position, finding.problem) == (0, position, chain.TRUNCATED)
+
+
+def test_an_inserted_forged_reversal(conn):
+    """A forged reversal (it would take money back from someone) put in after a genuine row,
+    linked to it, the rows after it moved one up."""
+    with_reversals(conn)
+    forged = reversal(9999, amount_idr=5_000_000)
+    value = codec.encode_reversal(forged)
+    position = 10
+    prev, offset = conn.execute('SELECT hash, "offset" FROM ledger.chain WHERE partition = 1 AND position = %s',
+                                (position - 1,)).fetchone()
+    digest = chain.value_digest(value)
+    with as_superuser(conn):
+        conn.execute("UPDATE ledger.chain SET position = position + 1000 WHERE partition = 1 AND position >= %s",
+                     (position,))
+        conn.execute("UPDATE ledger.chain SET position = position - 999 WHERE partition = 1 AND position >= 1000")
+        conn.execute(
+            "INSERT INTO ledger.reversal_events (event_id, source_system, source_ref, original_source_system,"
+            " original_source_ref, agency_code, person_token, identity_kind, amount_idr, reason, reversed_at,"
+            " reversed_at_offset_min, recorded_at, topic, partition, \"offset\", value)"
+            " VALUES (%s, 'SIKS-NG', 'V-9999', 'SIKS-NG', 'R-9998', 'KEMENSOS', %s, 'NIK', 5000000, 'paid twice',"
+            " now(), 420, now(), %s, 1, %s, %s)",
+            (forged.event_id, forged.person_token, TOPICS["ledger"], offset, value))
+        conn.execute('INSERT INTO ledger.chain (partition, position, "offset", event_id, value_sha256, prev_hash, hash)'
+                     " VALUES (1, %s, %s, %s, %s, %s, %s)",
+                     (position, offset, forged.event_id, digest, prev,
+                      chain.link(bytes(prev), 1, position, offset, digest)))
+    report = check(conn)
+    finding = only_problem(report)
+    assert (finding.partition, finding.position, finding.problem) == (1, position, chain.INSERTED)
+
+
+def test_a_chain_rewritten_from_a_reversal_on(conn):
+    """A reversal's amount changed and every hash after it recomputed: only the seal tells."""
+    key = audit.new_private_key()
+    with_reversals(conn)
+    sealed = make_seal(conn, key, "2026-11-22T17:00:00+00:00")
+    position, target = reversal_at(conn, 2, 2)
+    changed = replace(codec.decode_reversal(bytes(conn.execute(
+        "SELECT value FROM ledger.reversal_events WHERE event_id = %s", (target,)).fetchone()[0])), amount_idr=1)
+    with as_superuser(conn):
+        conn.execute("UPDATE ledger.reversal_events SET value = %s, amount_idr = 1 WHERE event_id = %s",
+                     (codec.encode_reversal(changed), target))
+        relink_from(conn, 2, position)
+    assert check(conn).ok  # the chain holds by itself
+    finding = only_problem(check(conn, [sealed]))
+    assert (finding.partition, finding.position, finding.problem) == (2, 1, chain.REWRITTEN)
+
+
+def test_reversals_archived_before_they_were_chained_are_chained_by_the_migration(server):
+    """Before, ledger.reversals held a reversal once the stream took it in, with its status:
+    the migration archives each one (its status kept apart) and chains it after its
+    partition's head."""
+    url = fresh_database(server, upto="013")
+    log = Log()
+    payments, reversals = [event(i) for i in range(8)], [reversal(i) for i in range(1, 8, 2)]
+    with psycopg.connect(url, autocommit=True) as c:
+        records = log.records(payments)
+        for r in records:
+            insert_event(c, r)
+        for row in chain.extend({}, [(r.partition, r.offset, codec.decode_disbursement(r.value).event_id, r.value)
+                                     for r in records]):
+            c.execute('INSERT INTO ledger.chain (partition, position, "offset", event_id, value_sha256, prev_hash,'
+                      " hash) VALUES (%s, %s, %s, %s, %s, %s, %s)", row)
+        for i, v in enumerate(reversals):
+            c.execute(
+                "INSERT INTO ledger.reversals (event_id, source_system, source_ref, original_source_system,"
+                " original_source_ref, agency_code, person_token, identity_kind, amount_idr, reason, reversed_at,"
+                " reversed_at_offset_min, recorded_at, status, topic, partition, \"offset\", value)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), 420, now(), %s, %s, 0, %s, %s)",
+                (v.event_id, v.source_system, v.source_ref, v.original_source_system, v.original_source_ref,
+                 v.agency_code, v.person_token, v.identity_kind, v.amount_idr, v.reason, ("applied", "pending")[i % 2],
+                 TOPICS["ledger"], 10 + i, codec.encode_reversal(v)))
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as c:
+        tail = c.execute('SELECT position, "offset", event_id::text FROM ledger.chain WHERE partition = 0'
+                         " ORDER BY position").fetchall()[2:]
+        assert tail == [(3 + i, 10 + i, v.event_id) for i, v in enumerate(reversals)]
+        assert c.execute("SELECT source_ref, status FROM ledger.reversals ORDER BY source_ref").fetchall() == [
+            ("V-1", "applied"), ("V-3", "pending"), ("V-5", "applied"), ("V-7", "pending")]
+        assert check(c).ok

@@ -1,7 +1,8 @@
 """The money trail in projections.writer.write_batch, on the real PostgreSQL: budget records and
-their legs, reversals as the person stage's changelog says it decided them (whatever the order
-the projector reads the ledger and the changelog in), net person totals, balances that
-reconcile, and replays that change nothing."""
+their legs, reversals archived and chained as read from the ledger topic with their status as
+the person stage's changelog says it decided them (whatever the order the projector reads the
+ledger and the changelog in), net person totals, balances that reconcile, and replays that
+change nothing."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def conn(server):
         # superuser's way past the trigger
         c.execute("SET session_replication_role = replica")
         c.execute("TRUNCATE ledger.events, ledger.chain, ledger.person_totals, ledger.tracking, ledger.budget_events,"
-                  " ledger.reversals, ledger.postings, ledger.balances")
+                  " ledger.reversal_events, ledger.reversal_status, ledger.postings, ledger.balances")
         c.execute("RESET session_replication_role")
         prepare(c)
         yield c
@@ -140,8 +141,9 @@ def journal_balances(conn, as_of=None) -> dict[str, int]:
 
 
 def status(conn) -> dict[str, tuple]:
+    """The stream's word on each reversal it took in, archived yet or not."""
     return {ref: (state, applied is not None) for ref, state, applied in conn.execute(
-        "SELECT source_ref, status, applied_at FROM ledger.reversals")}
+        "SELECT source_ref, status, applied_at FROM ledger.reversal_status")}
 
 
 def totals(conn) -> dict[str, int]:
@@ -201,12 +203,16 @@ def test_a_reversal_the_stream_applied_is_posted_and_nets_the_totals(conn):
     assert journal_balances(conn) == balances(conn)
 
 
-def test_a_reversal_the_stream_refused_is_neither_archived_nor_posted(conn):
+def test_a_reversal_the_stream_refused_is_archived_and_chained_but_has_no_status_and_is_not_posted(conn):
     log = Log()
     p, v = payment("P1"), reversal("V1", "P1", 800_000)
     write(conn, log.ledger(p, v) + log.changelog(taken=[p]))
     assert status(conn) == {}
     assert totals(conn) == {p.person_token: 750_000}
+    assert conn.execute('SELECT source_ref, "offset", value FROM ledger.reversal_events').fetchall() == [
+        ("V1", 1, codec.encode_reversal(v))]
+    assert [event_id for _, _, _, event_id, _ in _chain(conn)] == [p.event_id, v.event_id]
+    assert conn.execute("SELECT count(*) FROM ledger.reversals").fetchone()[0] == 0  # the stream never took it in
 
 
 def test_a_waiting_reversal_is_pending_until_the_stream_applies_it_when_its_original_comes(conn):
@@ -230,9 +236,11 @@ def test_the_changelog_ahead_of_the_ledger_waits_for_the_original_in_the_archive
     ledger = log.ledger(p, v)
     write(conn, log.changelog(taken=[p, v], applied=[v]))
     assert status(conn) == {"V1": ("applied", False)}
+    assert conn.execute("SELECT count(*) FROM ledger.reversals").fetchone()[0] == 0  # not archived yet
     assert totals(conn) == {}
     write(conn, ledger)
     assert status(conn) == {"V1": ("applied", True)}
+    assert [(r, s) for r, s in conn.execute("SELECT source_ref, status FROM ledger.reversals")] == [("V1", "applied")]
     assert totals(conn) == {p.person_token: 0}
     assert balances(conn) == {}  # every account back to zero
 
@@ -340,22 +348,28 @@ def _chain(conn) -> list[tuple]:
                         " ORDER BY partition, position").fetchall()
 
 
-def test_budget_records_are_chained_in_log_order_however_the_log_is_cut_into_batches(conn):
+def test_budget_records_and_reversals_are_chained_in_log_order_however_the_log_is_cut_into_batches(conn):
+    """Whatever the stream decides about a reversal (applied here, the changelog read in the
+    same batches), its chain row is the ledger record's, in log order."""
     log = Log()
-    records = log.ledger(payment("C1"), allocation("CA", 9_000_000), payment("C2"), release("CT", 5_000_000),
-                         payment("C3"), allocation("CA", 9_000_000))  # the last: a redelivery, archived once
+    c1, v1, v2 = payment("C1"), reversal("CV1", "C1", 100_000), reversal("CV2", "C9", 100_000)
+    records = log.ledger(c1, allocation("CA", 9_000_000), v1, payment("C2"), release("CT", 5_000_000), v2,
+                         payment("C3"), allocation("CA", 9_000_000), v1)  # the last two: redeliveries, archived once
+    records += log.changelog(taken=[c1, v1], applied=[v1]) + log.changelog(taken=[v2])
     write(conn, records)
     whole = _chain(conn)
-    assert [offset for _, _, offset, _, _ in whole] == [0, 1, 2, 3, 4]
-    for cut in (1, 2, 3, 4):
+    assert [offset for _, _, offset, _, _ in whole] == [0, 1, 2, 3, 4, 5, 6]
+    assert status(conn) == {"CV1": ("applied", True), "CV2": ("pending", False)}
+    for cut in range(1, len(records)):
         conn.execute("SET session_replication_role = replica")
-        conn.execute("TRUNCATE ledger.events, ledger.chain, ledger.budget_events, ledger.postings, ledger.balances,"
-                     " ledger.person_totals, ledger.tracking")
+        conn.execute("TRUNCATE ledger.events, ledger.chain, ledger.budget_events, ledger.reversal_events,"
+                     " ledger.reversal_status, ledger.postings, ledger.balances, ledger.person_totals, ledger.tracking")
         conn.execute("RESET session_replication_role")
         write(conn, records[:cut])
         write(conn, records[cut:])
         assert _chain(conn) == whole, cut
+        assert status(conn) == {"CV1": ("applied", True), "CV2": ("pending", False)}, cut
     from projections.audit import verify
 
     report = verify(conn, partitions=[0])
-    assert report.ok and report.events == 5, report.findings
+    assert report.ok and report.events == 7, report.findings
