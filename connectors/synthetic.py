@@ -41,7 +41,7 @@ How the data is built, so that the answer key is exact:
   end void_reversed), partial reversals of clean payments (no case changes) and a few reversals of
   a payment from the year before the window, which is not in the data (they wait for their
   original: pending). They are opt-in because a CSV file holds one record type, and because the
-  event archive (ledger.events) holds payments only (reversals are in ledger.reversals), so
+  event archive (ledger.events) holds payments only (reversals are in ledger.reversal_events), so
   callers that compare archive counts with their records need them off.
 """
 
