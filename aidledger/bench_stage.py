@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -244,7 +245,7 @@ def recovery_stage(tokens: int = 1_000_000, payments_per_token: int = 2, partiti
                     for i in range(tokens * payments_per_token):
                         token = people[i % tokens]
                         programme, amount = PROGRAMMES[i % len(PROGRAMMES)]
-                        d = replace(template, person_token=token, source_ref=f"S{i:010d}", event_id=f"{i:032x}",
+                        d = replace(template, person_token=token, source_ref=f"S{i:010d}", event_id=str(uuid.UUID(int=i)),
                                     programme_code=programme, amount_idr=amount, period=PERIODS[(i // tokens) % 12])
                         p = int(token[:8], 16) % partitions
                         pending[p].append(codec.encode_disbursement(d))
