@@ -175,6 +175,14 @@ def dashboard_session_key(home: Path, key_file: str = "") -> bytes:
     return key
 
 
+def _group_behind(bootstrap: str, group: str, spec) -> list[str]:
+    """What a consumer group has not committed of a topic, per partition."""
+    marks = asyncio.run(kafka.high_watermarks(bootstrap, spec.name, spec.partitions))
+    done = kafka.committed_offsets(bootstrap, group, spec.name)
+    return [f"{spec.name}[{p}] {end - done.get(p, 0)} behind" for p, end in sorted(marks.items())
+            if done.get(p, 0) < end]
+
+
 def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
     """Everything `wait` needs: what is still behind, per stage. Empty lists mean caught up."""
     topics = declared_topics(stack)
@@ -183,12 +191,7 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
         prog = progress(conn)
     behind = {"door": [], "relay": [], "worker": [], "projector": []}
     # first the door of the submissions topic: what it takes goes on to the outbox
-    submissions = topics["submissions"]
-    marks = asyncio.run(kafka.high_watermarks(bootstrap, submissions.name, submissions.partitions))
-    taken = kafka.committed_offsets(bootstrap, door_group_id(stack), submissions.name)
-    for p, end in sorted(marks.items()):
-        if taken.get(p, 0) < end:
-            behind["door"].append(f"{submissions.name}[{p}] {end - taken.get(p, 0)} behind")
+    behind["door"] += _group_behind(bootstrap, door_group_id(stack), topics["submissions"])
     if prog["relay_seq"] < prog["outbox_max_seq"]:
         behind["relay"].append(f"outbox {prog['outbox_max_seq'] - prog['relay_seq']} records unpublished")
     produced = {p: o for (t, p), o in prog["relay_offsets"].items() if t == ledger}
@@ -198,12 +201,7 @@ def lag_report(bootstrap: str, dsn: str, stack: StackSettings) -> dict:
             behind["worker"].append(f"{ledger}[{p}] {end - committed.get(p, 0)} behind")
         if prog["tracking"].get((ledger, p), 0) < end:
             behind["projector"].append(f"{ledger}[{p}] {end - prog['tracking'].get((ledger, p), 0)} behind")
-    homes = topics["households"]
-    marks = asyncio.run(kafka.high_watermarks(bootstrap, homes.name, homes.partitions))
-    done = kafka.committed_offsets(bootstrap, group_id(stack), homes.name)
-    for p, end in sorted(marks.items()):
-        if done.get(p, 0) < end:
-            behind["worker"].append(f"{homes.name}[{p}] {end - done.get(p, 0)} behind")
+    behind["worker"] += _group_behind(bootstrap, group_id(stack), topics["households"])
     # the state changelog: the stream's reversal decisions; the registry topic: imported extracts
     for role in ("alerts", "deadletter", "state", "registry"):
         spec = topics[role]
