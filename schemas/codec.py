@@ -220,7 +220,7 @@ def encode_reversal(r: Reversal) -> bytes:
 
 
 def decode_reversal(data: bytes | None) -> Reversal:
-    return Reversal(*codec(REVERSAL).decode(data).values())
+    return _makers()[1](codec(REVERSAL).decode(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,11 +282,13 @@ def _record_maker(cls, schema_name: str):
     """A constructor for a frozen slots record from its decoded dict, at half the cost of the
     generated __init__ (which pays an object.__setattr__ lookup and call per field): the decode of
     the ledger topic is the largest single cost of the stream. It sets every field the schema has,
-    by name; import fails if the schema and the record ever disagree, or if the record gains a
-    __post_init__ this would skip."""
+    by name; the first decode fails if the schema and the record ever disagree, or if the record
+    gains a __post_init__ this would skip (checked by raising, so `python -O` keeps the check)."""
     names = tuple(cls.__dataclass_fields__)
-    assert tuple(f["name"] for f in codec(schema_name).schema["fields"]) == names, schema_name
-    assert not hasattr(cls, "__post_init__"), cls
+    if tuple(f["name"] for f in codec(schema_name).schema["fields"]) != names:
+        raise TypeError(f"{schema_name}: schema fields differ from {cls.__name__}'s")
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} has a __post_init__ the record maker would skip")
     setters = {f"set_{n}": getattr(cls, n).__set__ for n in names}
     body = "".join(f"    set_{n}(o, d[{n!r}])\n" for n in names)
     scope = {"new": object.__new__, "cls": cls, **setters}
