@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import uuid
 from zlib import crc32
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -126,20 +125,18 @@ class Disbursement:
 
     def content_values(self) -> tuple[str, ...]:
         """The compared content, in `aidcore.outcomes.CONTENT_FIELDS` order, as canonical strings."""
-        return (
-            self.person_token,
-            self.programme_code,
-            self.period,
-            str(self.amount_idr),
-            self.kind,
-            self.channel,
-            f"{self.disbursed_at_us}{self.disbursed_at_offset_min:+d}",
-            self.agency_code,
-            self.source_type,
-            self.funding_account,
-            self.region_code,
-            self.kk_token or "",
-        )
+        return disbursement_content(self.person_token, self.programme_code, self.period, self.amount_idr, self.kind,
+                                    self.channel, self.disbursed_at_us, self.disbursed_at_offset_min, self.agency_code,
+                                    self.source_type, self.funding_account, self.region_code, self.kk_token)
+
+
+def disbursement_content(person_token: str, programme_code: str, period: str, amount_idr: int, kind: str, channel: str,
+                         disbursed_at_us: int, disbursed_at_offset_min: int, agency_code: str, source_type: str,
+                         funding_account: str, region_code: str, kk_token: str | None) -> tuple[str, ...]:
+    """`Disbursement.content_values` from the fields, for intake to compute before the event exists."""
+    return (person_token, programme_code, period, str(amount_idr), kind, channel,
+            f"{disbursed_at_us}{disbursed_at_offset_min:+d}", agency_code, source_type, funding_account, region_code,
+            kk_token or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,9 +309,17 @@ def field_digests(values: tuple[str, ...]) -> bytes:
 
 
 def make_event_id(source_system: str, source_ref: str, digest: bytes) -> str:
-    """Deterministic: the same record submitted twice gets the same event id."""
+    """Deterministic: the same record submitted twice gets the same event id: the first 16 bytes
+    of a SHA-256 with the version-5 and RFC 4122 variant bits set, as canonical UUID text (what
+    str(uuid.UUID(bytes=..., version=5)) gives, which costs a fifth of an intake's time)."""
     h = hashlib.sha256(source_system.encode() + b"\x1f" + source_ref.encode() + b"\x1f" + digest).digest()
-    return str(uuid.UUID(bytes=h[:16], version=5))
+    x = (int.from_bytes(h[:16], "big") & _UUID_CLEAR) | _UUID_V5
+    t = f"{x:032x}"
+    return f"{t[:8]}-{t[8:12]}-{t[12:16]}-{t[16:20]}-{t[20:]}"
+
+
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)  # version nibble, variant bits
+_UUID_V5 = (0x5000 << 64) | (0x8000 << 48)
 
 
 def to_us(moment: datetime) -> int:
@@ -700,31 +705,13 @@ def validate_record(
         return _reject("funding_account_required", "funding_account", "funding_account is required")
 
     kk_tok = nikmod.kk_token(token_key, kk) if kk else None
-    partial = Disbursement(
-        event_id="",
-        source_system=source_system,
-        source_ref=source_ref,
-        source_type=source_type,
-        agency_code=agency_code,
-        programme_code=programme_code,
-        person_token=token,
-        identity_kind=identity_kind,
-        kk_token=kk_tok,
-        amount_idr=amount,
-        kind=kind,
-        period=period,
-        disbursed_at_us=disbursed_at_us,
-        disbursed_at_offset_min=int(offset.total_seconds() // 60),
-        channel=channel,
-        region_code=region_code,
-        funding_account=funding_account,
-        recorded_at_us=now_us,
-    )
-    values = partial.content_values()
+    offset_min = int(offset.total_seconds() // 60)
+    values = disbursement_content(token, programme_code, period, amount, kind, channel, disbursed_at_us, offset_min,
+                                  agency_code, source_type, funding_account, region_code, kk_tok)
     event_id = make_event_id(source_system, source_ref, content_digest(values))
     disbursement = Disbursement(
         event_id, source_system, source_ref, source_type, agency_code, programme_code, token, identity_kind,
-        kk_tok, amount, kind, period, disbursed_at_us, partial.disbursed_at_offset_min, channel, region_code,
+        kk_tok, amount, kind, period, disbursed_at_us, offset_min, channel, region_code,
         funding_account, now_us, field_digests(values),
     )
     identity = Identity(

@@ -12,7 +12,6 @@ Each identity kind has its own domain prefix so a KK can never collide with a NI
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 ASCII_DIGITS = frozenset("0123456789")
@@ -72,7 +71,7 @@ def provisional_problem(provisional_id: str) -> str | None:
 
 
 def _token(key: bytes, domain: bytes, value: str) -> str:
-    return hmac.new(key, domain + value.encode("ascii"), hashlib.sha256).hexdigest()[:TOKEN_HEX_CHARS]
+    return hmac.digest(key, domain + value.encode("ascii"), "sha256").hex()[:TOKEN_HEX_CHARS]
 
 
 def person_token(key: bytes, nik: str) -> str:

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,20 +145,46 @@ def ingest_rows(
         writer = csv.writer(report_file)
         writer.writerow(["row_number", "field", "code", "message", "source_system", "source_ref"])
         report.report_path = str(report_path)
-    try:
-        chunk: list[tuple[int, object]] = []
-        for item in rows:
-            chunk.append(item)
-            if len(chunk) >= chunk_rows:
-                _ingest_chunk(conn, chunk, report, writer, ledger_topic, alerts_topic, token_key, reference, rulebook, now_us())
-                chunk = []
-                if progress:
-                    progress(report.rows)
-        if chunk:
-            _ingest_chunk(conn, chunk, report, writer, ledger_topic, alerts_topic, token_key, reference, rulebook, now_us())
+    # Two stages overlap: while one thread writes chunk N in its transaction (most of that time is
+    # spent waiting on PostgreSQL, with the interpreter lock released), this one validates chunk
+    # N+1. Chunks still commit one after another in input order, and each decides on keys against
+    # everything committed before it, so the outcome is the one the sequential loop gives.
+    pending = None
+
+    def settle() -> None:
+        nonlocal pending
+        if pending is not None:
+            done, pending = pending, None
+            _count_rejections(report, writer, done.result())
             if progress:
                 progress(report.rows)
+
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-commit") as committer:
+            def flush(chunk: list[tuple[int, object]]) -> None:
+                nonlocal pending
+                stamp = now_us()
+                validated = _validate_chunk(chunk, report, reference, token_key, stamp)
+                settle()
+                pending = committer.submit(_commit_chunk, conn, validated, report, ledger_topic, alerts_topic, reference,
+                                           rulebook, stamp)
+
+            chunk: list[tuple[int, object]] = []
+            for item in rows:
+                chunk.append(item)
+                if len(chunk) >= chunk_rows:
+                    flush(chunk)
+                    chunk = []
+            if chunk:
+                flush(chunk)
+            settle()
     finally:
+        if pending is not None:  # reading or validating failed: that error propagates; the chunk in flight
+            # has landed or failed whole by now (leaving the pool waited for it), and is counted if it landed
+            try:
+                _count_rejections(report, writer, pending.result())
+            except Exception:
+                pass
         if report_file is not None:
             report_file.close()
     conn.execute(
@@ -168,34 +195,56 @@ def ingest_rows(
     return report
 
 
-def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alerts_topic, token_key, reference,
-                  rulebook: Rulebook, now_us: int) -> None:
-    candidates: list[tuple[int, Accepted]] = []
-    rejections = []
+@dataclass
+class _Validated:
+    candidates: list  # (row number, accepted record)
+    raws: dict  # row number -> the raw row, for the rejection report of a key conflict
+    rejections: list  # report rows: (row number, field, code, message, source system, source ref)
 
-    def reject(number: int, raw: object, code: str, field: str | None, message: str) -> None:
-        system = raw.get("source_system") if isinstance(raw, dict) else None
-        ref = raw.get("source_ref") if isinstance(raw, dict) else None
-        row = (number, field, code, message,
-               str(system)[:128] if system is not None else None, str(ref)[:128] if ref is not None else None)
-        rejections.append(row)
-        report.rejected += 1
-        report.rejections_by_code[code] += 1
-        if writer is not None:
-            writer.writerow(row)
 
-    raws = {}
+def _rejection_row(number: int, raw: object, code: str, field: str | None, message: str) -> tuple:
+    system = raw.get("source_system") if isinstance(raw, dict) else None
+    ref = raw.get("source_ref") if isinstance(raw, dict) else None
+    return (number, field, code, message,
+            str(system)[:128] if system is not None else None, str(ref)[:128] if ref is not None else None)
+
+
+def _validate_chunk(chunk, report: IntakeReport, reference, token_key, now_us: int) -> _Validated:
+    """The pure part of a chunk: every row validated and tokenized; nothing written yet."""
+    out = _Validated([], {}, [])
     for number, raw in chunk:
         report.rows += 1
         if isinstance(raw, RowError):
-            reject(number, raw, raw.code, raw.field, raw.message)
+            out.rejections.append(_rejection_row(number, raw, raw.code, raw.field, raw.message))
             continue
         outcome = validate_any(raw, reference=reference, token_key=token_key, now_us=now_us)
         if isinstance(outcome, Rejection):
-            reject(number, raw, outcome.code, outcome.field, outcome.message)
+            out.rejections.append(_rejection_row(number, raw, outcome.code, outcome.field, outcome.message))
         else:
-            candidates.append((number, outcome))
-            raws[number] = raw
+            out.candidates.append((number, outcome))
+            out.raws[number] = raw
+    return out
+
+
+def _count_rejections(report: IntakeReport, writer, rejections: list) -> None:
+    """A committed chunk's rejections, in row order, into the report and its file."""
+    for row in sorted(rejections, key=lambda r: r[0]):
+        report.rejected += 1
+        report.rejections_by_code[row[2]] += 1
+        if writer is not None:
+            writer.writerow(row)
+
+
+def _commit_chunk(conn, validated: _Validated, report: IntakeReport, ledger_topic, alerts_topic, reference,
+                  rulebook: Rulebook, now_us: int) -> list:
+    """A validated chunk decided against the keys already recorded and written in one
+    transaction; returns all of its rejections (validation's and key conflicts') for the caller
+    to count. Counts the accepted and redelivered here: nothing else touches them meanwhile."""
+    candidates, raws = validated.candidates, validated.raws
+    rejections = list(validated.rejections)
+
+    def reject(number: int, raw: object, code: str, field: str | None, message: str) -> None:
+        rejections.append(_rejection_row(number, raw, code, field, message))
 
     with conn.transaction():
         with conn.cursor() as cur:
@@ -272,6 +321,7 @@ def _ingest_chunk(conn, chunk, report: IntakeReport, writer, ledger_topic, alert
                     " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     [(report.batch_id, *r) for r in rejections],
                 )
+    return rejections
 
 
 _KEYS_LOCK = 0x41_49_44_4B  # "AIDK"

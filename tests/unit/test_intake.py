@@ -9,6 +9,8 @@ from dataclasses import fields
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aidcore import intake, nik as nikmod
 from aidcore.intake import Accepted, Disbursement, Identity
@@ -376,3 +378,14 @@ def test_event_id_changes_when_any_content_or_key_field_changes(changes):
 def test_recipient_name_is_identity_data_not_content():
     # The name goes only to the vault; a corrected spelling is not a different disbursement.
     assert disbursement(recipient_name="SITI AMINAH").event_id == disbursement().event_id
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=20), st.text(max_size=40), st.binary(min_size=32, max_size=32))
+def test_event_id_is_the_version_5_uuid_of_the_content_hash(system, ref, digest):
+    """Event ids are stored for good: the formatting shortcut must give exactly what uuid gives."""
+    import hashlib
+    import uuid
+
+    h = hashlib.sha256(system.encode() + b"\x1f" + ref.encode() + b"\x1f" + digest).digest()
+    assert intake.make_event_id(system, ref, digest) == str(uuid.UUID(bytes=h[:16], version=5))

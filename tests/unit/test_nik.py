@@ -193,3 +193,16 @@ def test_mask_shows_only_the_first_five_and_last_two_digits():
 @pytest.mark.parametrize("text", ["", "123", "18710145048500011"])
 def test_mask_of_a_non_nik_hides_everything(text):
     assert nikmod.mask(text) == "*" * len(text)
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=1, max_size=64), st.sampled_from([b"NIK:", b"PRV:", b"KK:"]),
+       st.text(alphabet="0123456789ABCDEFXYZ-", min_size=1, max_size=40))
+def test_token_is_the_hmac_sha256_prefix(key, domain, value):
+    """Tokens are stored for good: the one-shot digest must give exactly the HMAC-SHA256 prefix
+    every earlier token was made of."""
+    import hashlib
+    import hmac
+
+    expected = hmac.new(key, domain + value.encode("ascii"), hashlib.sha256).hexdigest()[:nikmod.TOKEN_HEX_CHARS]
+    assert nikmod._token(key, domain, value) == expected
