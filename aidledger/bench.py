@@ -133,6 +133,32 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def _cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each part of the stack: this process (the
+    intake), the broker, each supervised child, and PostgreSQL (the postmaster, its live
+    backends and the backends it has already reaped)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid: int, reaped: bool = False) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        used = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+        return used / tick
+
+    out = {"intake": stat(os.getpid()), "broker": stat(stack.broker.pid)}
+    for name, child in stack.children.items():
+        if child.process is not None:
+            out[name] = stat(child.process.pid)
+    try:
+        backends = Path(f"/proc/{stack.postgres.pid}/task/{stack.postgres.pid}/children").read_text().split()
+    except OSError:
+        backends = []
+    out["postgres"] = stat(stack.postgres.pid, reaped=True) + sum(stat(int(b)) for b in backends)
+    return out
+
+
 def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="aidledger-bench-") as tmp:
         home = Path(tmp)
@@ -145,12 +171,16 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
             dataset = synthetic.generate(records, seed=seed)
             rows = list(enumerate(dataset.records, start=1))
             with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                cpu_before = _cpu_seconds(stack)
                 t0 = time.perf_counter()
                 report = ingest_rows(conn, iter(rows), source_name="bench", ledger_topic=topics["ledger"].name,
                                      alerts_topic=topics["alerts"].name, token_key=key, reference=default_reference())
                 ingest_s = time.perf_counter() - t0
                 stack.wait_caught_up(1800, poll_s=0.1)
                 e2e_s = time.perf_counter() - t0
+                cpu_after = _cpu_seconds(stack)
+                cpu_us = {name: round((used - cpu_before.get(name, 0.0)) / report.accepted * 1e6, 1)
+                          for name, used in cpu_after.items() if name not in ("gateway", "dashboard")}
                 ceiling = asyncio.run(raw_ceiling(stack.bootstrap, topics["ledger"].name, topics["ledger"].partitions))
 
                 # paced phase: fresh people (another seed) offered at a steady rate in small chunks
@@ -185,6 +215,9 @@ def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
         "ingest_events_per_s": report.accepted / ingest_s,
         "e2e_seconds": e2e_s,
         "e2e_events_per_s": report.accepted / e2e_s,
+        # what one event costs the two cores end to end: the ceiling is cores / this total
+        "e2e_cpu_us_per_event": round(sum(cpu_us.values()), 1),
+        "e2e_cpu_us_per_event_by_process": cpu_us,
         "raw_ceiling_events_per_s": ceiling["events_per_s"],
         "projection_rows_per_s": projection["rows_per_s"],
         "audit_verify_events": audit["events"],
@@ -256,6 +289,7 @@ def run_bench(args) -> int:
         "detection_two_workers_events_per_s": det_m["two_workers_events_per_s"],
         "detection_over_baseline": det_m["worker_over_baseline"],
         "e2e_events_per_s": e2e_m["e2e_events_per_s"],
+        "e2e_cpu_us_per_event": e2e_m["e2e_cpu_us_per_event"],
         "alert_latency_p50_ms": e2e_m["alert_latency_p50_ms"],
         "alert_latency_p99_ms": e2e_m["alert_latency_p99_ms"],
         "projection_rows_per_s": e2e_m["projection_rows_per_s"],
@@ -277,6 +311,10 @@ def run_bench(args) -> int:
         "targets": TARGETS,
         "met": met,
         "end_to_end": {"rounds": e2e, "median": e2e_m},
+        # medians of the CPU microseconds each process spent per event in the end-to-end phase
+        "e2e_cpu_us_per_event_by_process": {
+            name: statistics.median(r["e2e_cpu_us_per_event_by_process"].get(name, 0.0) for r in e2e)
+            for name in e2e[0]["e2e_cpu_us_per_event_by_process"]},
         "detection_stage": {"rounds": detection, "median": det_m},
         "recovery": recovery,
     }
