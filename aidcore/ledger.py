@@ -120,6 +120,9 @@ class BatchResult:
     # event ids (16 bytes) of the reversals that took effect in this batch, in decision order: on
     # arrival, or when the original they waited for arrived. What the projection posts.
     applied: list[bytes] = field(default_factory=list)
+    # (person token, period) of each payment accepted but not evaluated: its person already holds
+    # more than `Reference.period_payments_max` payments of the period (a placeholder identity)
+    unevaluated: list[tuple[str, str]] = field(default_factory=list)
 
 
 def alert_id(rule_id: str, subject_token: str, period: str, fingerprint: str) -> str:
@@ -344,6 +347,9 @@ def decide_batch(
             _household_of(payment, token), payment.event_id, bytes.fromhex(token), payment.programme_code,
             payment.period, max(0, net), payment.source_type, payment.disbursed_at_us, event.region_code, b"",
             event.recorded_at_us))
+        if len(state) > reference.period_payments_max and placeholder(state.values(), payment.period, reference):
+            result.unevaluated.append((token, payment.period))
+            continue
         if len(state) > 1:
             entries = live_entries(state, payment.period, reversed_by or {})
             reversals = reversals_in(state, payment.period) if reversed_by else 0
@@ -354,6 +360,13 @@ def decide_batch(
                                        {payment.event_id: (event.source_system, event.source_ref)})
                     result.alerts[alert.alert_id] = alert
     return result
+
+
+def placeholder(payments, period: str, reference: Reference) -> bool:
+    """Whether a subject's payments of `period` (anything with a `period`) are more than a real
+    recipient can have: past that, each decision would cost time in proportion to them, and the
+    cases would list thousands of lines that say nothing but "this identity is shared"."""
+    return sum(1 for p in payments if p.period == period) > reference.period_payments_max
 
 
 def _apply_waiting(state: dict, key: int, amount: int, token: str, result: BatchResult) -> None:

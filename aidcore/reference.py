@@ -41,6 +41,11 @@ class Reference:
     # months at once); beyond either it is out of period
     period_arrears_months_max: int = 12
     period_advance_months_max: int = 3
+    # a person or a household with more payments than this in one period is a placeholder identity
+    # (one dummy NIK or KK typed for many people), not a recipient: its rules are no longer
+    # evaluated for that period, so one bad identity cannot stall a partition with cases of
+    # thousands of lines; the worker counts each payment it left unevaluated
+    period_payments_max: int = 250
 
     def regency_name(self, region_code: str) -> str:
         return self.regencies.get(region_code[:4], f"region {region_code[:4]}")
@@ -78,6 +83,7 @@ def parse_reference(text: str) -> Reference:
                                             "max_budget_amount_idr"),
             period_arrears_months_max=_positive(data.get("period_arrears_months_max", 12), "period_arrears_months_max"),
             period_advance_months_max=_positive(data.get("period_advance_months_max", 3), "period_advance_months_max"),
+            period_payments_max=_positive(data.get("period_payments_max", 250), "period_payments_max"),
         )
     except KeyError as missing:
         raise ReferenceError_(f"reference data lacks the key {missing}") from None

@@ -111,6 +111,7 @@ class LedgerProcessor:
         self.reference = reference
         self.default_rulebook = rulebook or default_rulebook(reference)
         self.state = LedgerState(bootstrap_of(stack), self.state_topic, stack.fetch_max_wait_ms)
+        self._placeholders: set[tuple[str, str, str]] = set()  # subjects named in the log as placeholders
         self.households = HouseholdState(bootstrap_of(stack), self.household_state_topic, reference,
                                          self.default_rulebook, stack.fetch_max_wait_ms)
         self._books: dict[str, Rulebook] = {self.default_rulebook.digest: self.default_rulebook}
@@ -256,6 +257,20 @@ class LedgerProcessor:
         metrics.RULEBOOK_ACTIVATIONS.labels(book.version).inc()
         log.info("rulebook %s in force on ledger partition %d", book.version, partition)
 
+    def note_unevaluated(self, stage: str, subjects: list[tuple[str, str]]) -> None:
+        """Count payments left unevaluated, and name each placeholder subject once per process (a
+        token, never a NIK or KK)."""
+        metrics.UNEVALUATED.labels(stage).inc(len(subjects))
+        for token, period in dict.fromkeys(subjects):
+            if (stage, token, period) in self._placeholders:
+                continue
+            if len(self._placeholders) >= 10_000:
+                self._placeholders.clear()
+            self._placeholders.add((stage, token, period))
+            log.warning("%s stage: %s holds more than %d payments in %s, so it is a placeholder identity, not a"
+                        " recipient; its rules are no longer evaluated for that period", stage, token,
+                        self.reference.period_payments_max, period)
+
     async def _decide_run(self, partition: int, events: list, records: list, accepted_values: list, offsets: list,
                           removed: list, applied: list, changed: dict, step: "_Step") -> None:
         if not events:
@@ -296,6 +311,8 @@ class LedgerProcessor:
                     del waiting[entry]
         for alert in result.alerts.values():
             step.sends.append(await self._send_alert(alert))
+        if result.unevaluated:
+            self.note_unevaluated("person", result.unevaluated)
         by_partition: dict[int, list] = {}
         for posting in result.postings:
             by_partition.setdefault(household_partition(posting.household, self.partitions), []).append(posting)

@@ -45,6 +45,11 @@ HOUSEHOLDS = Gauge("aidledger_worker_state_households", "Households held in the 
 HOUSEHOLD_POSTINGS = Counter(
     "aidledger_worker_household_postings_total", "Postings the household stage accepted (payments and reversals)"
 )
+UNEVALUATED = Counter(
+    "aidledger_worker_unevaluated_payments_total",
+    "Payments accepted but not evaluated by the rules: their person or household already had more than the"
+    " reference data's period_payments_max in the period (a placeholder NIK or KK)", ["stage"],
+)
 RULEBOOK_ACTIVATIONS = Counter(
     "aidledger_worker_rulebook_activations_total", "Rulebook activations put in force, per ledger partition read",
     ["version"],

@@ -518,3 +518,25 @@ def test_every_repeated_person_programme_period_has_a_duplicate_alert(data):
         alert = latest[alert_id]
         assert len(alert.lines) == count
         assert alert.amount_idr_total == sum(line.amount_idr for line in alert.lines)
+
+
+def test_a_placeholder_person_is_no_longer_evaluated_past_the_period_limit():
+    """One identity typed for hundreds of people must not cost every later decision time in
+    proportion to them: past `period_payments_max` payments in a period, payments of that period
+    are still accepted (so redeliveries are still recognised) but no longer evaluated."""
+    from dataclasses import replace as with_
+
+    from builders import reference
+
+    ref = with_(reference(), period_payments_max=4)
+    events = [disbursement(source_ref=f"REF-{i}") for i in range(7)]
+    other_period = disbursement(source_ref="REF-OTHER", period="2026-03")
+    result = ledger.decide_batch({}, events + [other_period], rulebook=Rulebook(), reference=ref, now_us=NOW_US)
+    assert result.outcomes == [ACCEPTED] * 8
+    (alert,) = [a for a in result.alerts.values() if a.period == "2026-04"]
+    assert alert.revision == 4 and len(alert.lines) == 4  # the case as it stood at the limit
+    token = events[0].person_token
+    assert result.unevaluated == [(token, "2026-04")] * 3
+    assert len(result.postings) == 8  # the household stage still hears of every payment
+    again = ledger.decide_batch(apply({}, result), events[5:], rulebook=Rulebook(), reference=ref, now_us=NOW_US)
+    assert again.outcomes == [EXISTS] * 2 and not again.alerts
