@@ -49,6 +49,16 @@ class HouseholdResult:
     changed: dict[str, dict[bytes, HouseholdEntry]] = field(default_factory=dict)  # by `slot_of`
     accepted: list[int] = field(default_factory=list)  # indexes of the postings that were new
     alerts: dict[str, Alert] = field(default_factory=dict)
+    # (household token, period) of each posting neither kept nor evaluated: its household-period
+    # already held `Reference.period_payments_max` postings (a placeholder KK)
+    unevaluated: list[tuple[str, str]] = field(default_factory=list)
+
+
+def full(state: HouseholdState, reference: Reference) -> bool:
+    """Whether a household-period holds as many postings as a real household can: past that it is
+    a placeholder KK typed for many people. Further postings are neither kept nor evaluated, so the
+    household's state, and the time each decision takes, stay bounded."""
+    return len(state) >= reference.period_payments_max
 
 
 def entry_of(p: Posting) -> HouseholdEntry:
@@ -103,6 +113,9 @@ def decide_household_batch(
         if posting.event_id in state:
             continue  # a redelivered posting: the person stage re-sends after a crash
         period = posting.period
+        if full(state, reference):
+            result.unevaluated.append((token, period))
+            continue
         if not state and not posting.original_event_id and (cap is None or posting.amount_idr <= cap):
             # the household's first payment of the period: no rule can fire on one payment under the cap
             state[posting.event_id] = entry_of(posting)

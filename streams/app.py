@@ -348,6 +348,8 @@ class LedgerProcessor:
                 step.household_postings += len(result.accepted)
             for alert in result.alerts.values():
                 step.sends.append(await self._send_alert(alert))
+            if result.unevaluated:
+                self.note_unevaluated("household", result.unevaluated)
         if changed:
             step.household_changes.append((partition, changed))
 

@@ -355,3 +355,25 @@ def test_a_rulebook_without_household_rules_raises_no_household_case():
     assert decide_households(postings, rulebook=off).alerts == {}
     assert {a.rule_id for a in decide_households(postings).alerts.values()} == {rb.DUPLICATE_HOUSEHOLD,
                                                                                  rb.HOUSEHOLD_CAP}
+
+
+def test_a_placeholder_kk_is_neither_kept_nor_evaluated_past_the_period_limit():
+    """One KK typed for hundreds of people: once its household-period holds `period_payments_max`
+    postings, further postings of the period are neither kept (its state stays bounded) nor
+    evaluated (each decision stays cheap); the case stands as it was at the limit."""
+    from builders import make_nik, reference
+
+    limit = 4
+    ref = replace(reference(), period_payments_max=limit)
+    members = [member_payment(make_nik(serial=i + 1), f"PKH-{i}") for i in range(7)]
+    postings, _ = postings_of(*members)
+    assert len({p.household for p in postings}) == 1
+    result = household.decide_household_batch({}, postings, rulebook=BOOK, reference=ref, now_us=0)
+    assert result.accepted == list(range(limit))
+    (slot,) = result.changed
+    assert len(result.changed[slot]) == limit
+    assert result.unevaluated == [(postings[0].household, postings[0].period)] * 3
+    duplicate = [a for a in result.alerts.values() if a.rule_id == rb.DUPLICATE_HOUSEHOLD]
+    assert len(duplicate) == 1 and len(duplicate[0].lines) == limit
+    again = household.decide_household_batch(result.changed, postings[limit:], rulebook=BOOK, reference=ref, now_us=0)
+    assert not again.accepted and not again.alerts and len(again.unevaluated) == 3
