@@ -189,8 +189,8 @@ def _soak(stack, out: Path) -> None:
     figures = check(stack, accepted, timeout_s=600)
     rate = len(accepted.amounts) / duration_s
     result = {"minutes": MINUTES, "warm_up_s": WARM_UP_S, "rate_per_s": round(rate), "records": len(accepted.amounts),
-              "measure": "VmRSS - RssShmem",
-              "worker_without_state_measure": "VmRSS - RssShmem - aidledger_worker_state_bytes", "growth_max": GROWTH_MAX, "processes": summary, **figures}
+              "measure": "VmRSS - RssShmem", "worker_without_state_measure": "VmRSS - RssShmem - aidledger_worker_state_bytes",
+              "growth_max": GROWTH_MAX, "processes": summary, **figures}
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nsoak {MINUTES:g} min at {rate:.0f} records/s ({len(accepted.amounts):,} records); oracle {figures};"
           f" memory after warm-up (KiB, VmRSS - RssShmem):")
