@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 Slot = dict[bytes, HouseholdEntry]  # one household and period: event id -> entry
 
 # A slot's postings packed into one bytes record: a layout byte, then one fixed-width record per
-# posting. As Python objects (a dict entry, a NamedTuple, the event id and person bytes) a posting
-# cost ~330 bytes; packed, 52. Programme, period, source type and region code repeat across
+# posting. As Python objects (a dict entry, a NamedTuple, the event id and person bytes, and a
+# dict per slot) a posting cost 270-530 bytes; packed, 52. Programme, period, source type and region code repeat across
 # millions of postings but take few values: each posting names its combination by an index into
 # `_KIND_VALUES` (4 bytes: regions x periods x programmes x source types can pass 65,536).
 _KINDS: dict[tuple[str, str, str, str], int] = {}
