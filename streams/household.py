@@ -107,6 +107,18 @@ def unpack(blob: bytes) -> Slot:
     return out
 
 
+def _holds_any(blob: bytes, event_ids: Iterable[bytes]) -> bool:
+    """Whether a _PAYMENTS record holds any of the event ids (a match must start a posting)."""
+    size = _RECORDS[_PAYMENTS].size
+    for event_id in event_ids:
+        i = blob.find(event_id, 1)
+        while i > 0 and (i - 1) % size:
+            i = blob.find(event_id, i + 1)
+        if i > 0:
+            return True
+    return False
+
+
 def slot_key(slot: str) -> bytes:
     """A slot's 16-byte key in its partition's `PartitionState`. A digest, not the household's own
     16 bytes, because the key must name the period too; at 128 bits two slots sharing one is as
@@ -147,15 +159,19 @@ class HouseholdState:
         added: dict[str, Slot] = {}
         for p in postings:
             added.setdefault(slot_of(p), {})[p.event_id] = entry_of(p)
+        get, put = partition.get, partition.put
         for slot, entries in added.items():
             key = slot_key(slot)
-            blob = partition.get(key)
+            blob = get(key)
+            tail = pack(entries)
             if blob is None:
-                partition.put(key, pack(entries))
+                put(key, tail)
+            elif blob[0] == tail[0] == _PAYMENTS and not _holds_any(blob, entries):
+                put(key, blob + memoryview(tail)[1:])  # the usual case: new payments appended as they are
             else:
                 merged = unpack(blob)
                 merged.update(entries)
-                partition.put(key, pack(merged))
+                put(key, pack(merged))
 
     def view(self, partition: int, slots: Iterable[str]) -> dict[str, Slot]:
         """The unpacked postings of the given slots that hold any, for one batch."""

@@ -105,3 +105,22 @@ def test_the_size_of_the_state_grows_by_the_packed_postings():
     assert state.households() == 1000
     # per household-period: a layout byte, one 52-byte posting, its key and length in the bucket
     assert 1000 * (1 + 52 + 20) <= state.nbytes() - empty < 1000 * (1 + 52 + 20 + 10)
+
+
+def test_replay_appends_new_payments_and_merges_a_redelivered_one():
+    """The rebuild appends a record's new payments to a slot's bytes as they are, also when an
+    event id's bytes stand elsewhere in the slot (here as a person token); a record with a posting
+    the slot holds already (a redelivery) is merged instead, never appended twice."""
+    from aidcore.ledger import Posting
+
+    def posting(event_id: bytes, person: bytes, amount_idr: int = 200_000) -> Posting:
+        return Posting("ab" * 16, event_id, person, "PKH", "2026-01", amount_idr, "APBN", 1_767_225_600_000_000,
+                       "1871010001", b"", 0)
+
+    first, second = posting(b"a" * 16, b"b" * 16), posting(b"b" * 16, b"c" * 16)
+    state = a_state()
+    for batch in ([first], [second], [first, posting(b"d" * 16, b"e" * 16)]):
+        state.apply(state.partitions[0], codec.encode_postings("v1", batch))
+    (blob,) = [record for _, record in state.partitions[0].items()]
+    assert len(blob) == 1 + 3 * 52
+    assert list(hh.unpack(blob)) == [b"a" * 16, b"b" * 16, b"d" * 16]
