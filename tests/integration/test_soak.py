@@ -247,6 +247,7 @@ def growth(samples: list[dict], warm_up_s: float) -> dict[str, dict]:
         out[name] = flat(series, lambda s: s["VmRSS"] - s.get("RssShmem", 0))
         if name.startswith("worker-"):
             series = [s for s in series if set(WORKER_SAMPLES) <= s.keys()]  # the ones whose scrape answered
+            assert len(series) >= 3, f"{name}: its /metrics answered too few samples after warm-up"
             out[name]["without_state"] = flat(series, lambda s: s["VmRSS"] - s.get("RssShmem", 0) - state_kib(s))
             first, last = series[0], series[-1]
             out[name]["state"] = {
