@@ -158,8 +158,10 @@ def detection_stage(events: int = 200_000, tokens: int = 50_000, partitions: int
         broker = embedded.start_broker(home, embedded.free_port())
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("AIDLEDGER_")}
+            # the workers' data under the bench's own home: the default, .aidledger, is relative
+            # to wherever the bench was started and may not exist there
             env.update(AIDLEDGER_KAFKA_BOOTSTRAP=broker.endpoint, AIDLEDGER_PARTITIONS=str(partitions),
-                       AIDLEDGER_LOG_LEVEL="WARNING")
+                       AIDLEDGER_LOG_LEVEL="WARNING", AIDLEDGER_HOME=str(home))
             stack = StackSettings.from_env(env)
             specs = declared_topics(stack)
             kafka.create_topics(broker.endpoint, list(specs.values()))

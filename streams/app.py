@@ -90,6 +90,9 @@ class _Step:
         metrics.HOUSEHOLDS.set(households.households())
 
 
+STATE_BYTES_EVERY_S = 5.0
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -116,6 +119,7 @@ class LedgerProcessor:
                                          self.default_rulebook, stack.fetch_max_wait_ms)
         self._books: dict[str, Rulebook] = {self.default_rulebook.digest: self.default_rulebook}
         self._lock = asyncio.Lock()  # a batch and the expiry of waiting reversals never interleave
+        self._state_bytes_due = 0.0  # when `_report` next reads the states' sizes
 
     def rulebook(self, partition: int) -> Rulebook:
         """The rulebook in force on a ledger partition: its latest activation, else the default."""
@@ -145,7 +149,7 @@ class LedgerProcessor:
             await self._household_partition(tp, records, step)
         await self._persist(step)
         self.state.added(step.outcome_counts[outcomes.ACCEPTED])
-        step.report(self.state, self.households)
+        self._report(step)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def expire_pending(self) -> int:
@@ -176,8 +180,16 @@ class LedgerProcessor:
                 step.deltas.append((partition, delta_records(partition, -1, [], [], removed), changed))
             if step.deltas:
                 await self._persist(step)
-                step.report(self.state, self.households)
+                self._report(step)
             return sum(step.outcome_counts.values())
+
+    def _report(self, step: "_Step") -> None:
+        step.report(self.state, self.households)
+        now = time.monotonic()
+        if now >= self._state_bytes_due:  # nbytes walks every bucket: every few seconds, not every batch
+            self._state_bytes_due = now + STATE_BYTES_EVERY_S
+            metrics.STATE_BYTES.labels("person").set(self.state.nbytes())
+            metrics.STATE_BYTES.labels("household").set(self.households.nbytes())
 
     async def _persist(self, step: "_Step") -> None:
         """Sends first (alerts, dead letters, postings), then the changelogs; only then does the
@@ -204,7 +216,7 @@ class LedgerProcessor:
         for partition, _, changed in step.deltas:
             store(self.state.partitions[partition], changed)
         for partition, changed in step.household_changes:
-            self.households.partitions[partition].update(changed)
+            self.households.update(partition, changed)
 
     async def _person_partition(self, tp, records: list, step: "_Step") -> None:
         partition = tp.partition
@@ -323,7 +335,6 @@ class LedgerProcessor:
     async def _household_partition(self, tp, records: list, step: "_Step") -> None:
         partition = tp.partition
         metrics.report_lag(self.app.consumer, tp, records[-1].offset + 1)
-        state = self.households.partitions[partition]
         changed: dict = {}
         for record in records:
             try:
@@ -336,10 +347,9 @@ class LedgerProcessor:
                 if text:
                     step.household_deltas.append((partition, record.value))
                 continue
-            view_ = {}
-            for p in postings:
-                slot = slot_of(p)
-                view_[slot] = changed.get(slot) or state.get(slot, {})
+            slots = {slot_of(p) for p in postings}
+            view_ = self.households.view(partition, slots - changed.keys())
+            view_.update((slot, changed[slot]) for slot in slots & changed.keys())
             result = decide_household_batch(view_, postings, rulebook=self.households.book(version),
                                             reference=self.reference, now_us=step.now_us)
             if result.accepted:

@@ -1,8 +1,9 @@
 """The household stage's live state and its batch step, inside the ledger worker.
 
-Partition h of the households topic is decided against the state of partition h, a dict
-{household token: {event id: HouseholdEntry}} rebuilt on assignment from partition h of the
-household changelog, which holds the HouseholdPostings values this stage accepted, verbatim.
+Partition h of the households topic is decided against the state of partition h: per household
+and period (`slot_of`), the postings seen, {event id: HouseholdEntry}, held packed (see `pack`)
+and unpacked only for the slots a batch touches. It is rebuilt on assignment from partition h of
+the household changelog, which holds the HouseholdPostings values this stage accepted, verbatim.
 Re-applying a value is harmless (the state is a set keyed by event id), so a record is appended
 whole when any of its postings was new.
 
@@ -14,9 +15,12 @@ records are in the changelog too, so a rebuilt partition knows every version it 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import struct
 import time
-from typing import Iterable
+from sys import intern
+from typing import Iterable, Mapping
 
 from aidcore.household import HouseholdEntry, entry_of, slot_of
 from aidcore.reference import Reference
@@ -24,15 +28,102 @@ from aidcore.rulebook import Rulebook, RulebookError, parse_rulebook
 from schemas import codec
 from streams import metrics
 from streams.changelog import replay_partition
+from streams.state import PartitionState
 
 log = logging.getLogger(__name__)
 
-HouseholdPartition = dict[str, dict[bytes, HouseholdEntry]]  # by household and period (`slot_of`)
+Slot = dict[bytes, HouseholdEntry]  # one household and period: event id -> entry
+
+# A slot's postings packed into one bytes record: a layout byte, then one fixed-width record per
+# posting. As Python objects (a dict entry, a NamedTuple, the event id and person bytes, and a
+# dict per slot) a posting cost 270-530 bytes; packed, 52. Programme, period, source type and region code repeat across
+# millions of postings but take few values: each posting names its combination by an index into
+# `_KIND_VALUES` (4 bytes: regions x periods x programmes x source types can pass 65,536).
+_KINDS: dict[tuple[str, str, str, str], int] = {}
+_KIND_VALUES: list[tuple[str, str, str, str]] = []
+_PAYMENTS = 0  # no posting of the slot is a reversal: event id, person, kind, amount, time
+_REVERSALS = 1  # as _PAYMENTS, then the original's event id (16 zero bytes for a payment)
+_RECORDS = {_PAYMENTS: struct.Struct(">16s16sIqq"), _REVERSALS: struct.Struct(">16s16sIqq16s")}
+_NONE = bytes(16)  # as on the households topic, 16 zero bytes name no original
 
 
 def household_partition(household_token: str, partitions: int) -> int:
     """Where a household's postings go: a stable function of the token, the same in every process."""
     return int(household_token[:8], 16) % partitions
+
+
+def _kind(programme: str, period: str, source_type: str, region_code: str) -> int:
+    key = (programme, period, source_type, region_code)
+    index = _KINDS.get(key)
+    if index is None:
+        index = _KINDS[key] = len(_KIND_VALUES)
+        _KIND_VALUES.append((intern(programme), intern(period), intern(source_type), intern(region_code)))
+    return index
+
+
+def pack(slot: Mapping[bytes, HouseholdEntry]) -> bytes:
+    """One slot's postings as bytes, in their order; `unpack` returns every field exactly. struct
+    pads or cuts a bytes field silently, so a field of another width is refused instead. (The hot
+    path of `update`: one pass for a slot without reversals, the usual case.)"""
+    out = bytearray((_PAYMENTS,))
+    fmt, kinds = _RECORDS[_PAYMENTS].pack, _KINDS
+    for event_id, (person, programme, period, amount, source_type, at, region, original) in slot.items():
+        if original:
+            return _pack_reversals(slot)
+        kind = kinds.get((programme, period, source_type, region))
+        if kind is None:
+            kind = _kind(programme, period, source_type, region)
+        if len(event_id) != 16 or len(person) != 16:
+            raise ValueError("an event id and a person token are 16 bytes")
+        out += fmt(event_id, person, kind, amount, at)
+    return bytes(out)
+
+
+def _pack_reversals(slot: Mapping[bytes, HouseholdEntry]) -> bytes:
+    out = bytearray((_REVERSALS,))
+    fmt = _RECORDS[_REVERSALS].pack
+    for event_id, (person, programme, period, amount, source_type, at, region, original) in slot.items():
+        if len(event_id) != 16 or len(person) != 16 or original and (len(original) != 16 or original == _NONE):
+            raise ValueError("an event id and a person token are 16 bytes, an original's event id 16 not all zero")
+        out += fmt(event_id, person, _kind(programme, period, source_type, region), amount, at, original or _NONE)
+    return bytes(out)
+
+
+def unpack(blob: bytes) -> Slot:
+    """The postings of a record made by `pack`, in the order they were packed."""
+    out: Slot = {}
+    if not blob:
+        return out
+    values, new = _KIND_VALUES, tuple.__new__  # what HouseholdEntry._make does, without its call overhead
+    if blob[0] == _PAYMENTS:
+        for event_id, person, kind, amount, at in _RECORDS[_PAYMENTS].iter_unpack(memoryview(blob)[1:]):
+            programme, period, source_type, region = values[kind]
+            out[event_id] = new(HouseholdEntry, (person, programme, period, amount, source_type, at, region, b""))
+        return out
+    for event_id, person, kind, amount, at, original in _RECORDS[_REVERSALS].iter_unpack(memoryview(blob)[1:]):
+        programme, period, source_type, region = values[kind]
+        out[event_id] = new(HouseholdEntry, (person, programme, period, amount, source_type, at, region,
+                                             b"" if original == _NONE else original))
+    return out
+
+
+def _holds_any(blob: bytes, event_ids: Iterable[bytes]) -> bool:
+    """Whether a _PAYMENTS record holds any of the event ids (a match must start a posting)."""
+    size = _RECORDS[_PAYMENTS].size
+    for event_id in event_ids:
+        i = blob.find(event_id, 1)
+        while i > 0 and (i - 1) % size:
+            i = blob.find(event_id, i + 1)
+        if i > 0:
+            return True
+    return False
+
+
+def slot_key(slot: str) -> bytes:
+    """A slot's 16-byte key in its partition's `PartitionState`. A digest, not the household's own
+    16 bytes, because the key must name the period too; at 128 bits two slots sharing one is as
+    likely as two people sharing a token."""
+    return hashlib.blake2b(slot.encode(), digest_size=16).digest()
 
 
 class HouseholdState:
@@ -42,7 +133,7 @@ class HouseholdState:
         self.topic = topic
         self.reference = reference
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        self.partitions: dict[int, HouseholdPartition] = {}
+        self.partitions: dict[int, PartitionState] = {}  # slot_key(slot) -> pack(slot)
         self.books: dict[str, Rulebook] = {default.version: default}
         self.default = default
         self._loading: dict[int, asyncio.Task] = {}
@@ -61,15 +152,51 @@ class HouseholdState:
             except RulebookError:  # the person stage only forwards texts it parsed
                 log.exception("households: forwarded rulebook %s does not parse", version)
 
-    def apply(self, partition: HouseholdPartition, value: bytes) -> None:
+    def apply(self, partition: PartitionState, value: bytes) -> None:
+        """Replay one changelog record into a partition's state."""
         version, text, postings = codec.decode_postings(value)
         self.learn(version, text)
+        added: dict[str, Slot] = {}
         for p in postings:
-            partition.setdefault(slot_of(p), {})[p.event_id] = entry_of(p)
+            added.setdefault(slot_of(p), {})[p.event_id] = entry_of(p)
+        get, put = partition.get, partition.put
+        for slot, entries in added.items():
+            key = slot_key(slot)
+            blob = get(key)
+            tail = pack(entries)
+            if blob is None:
+                put(key, tail)
+            elif blob[0] == tail[0] == _PAYMENTS and not _holds_any(blob, entries):
+                put(key, blob + memoryview(tail)[1:])  # the usual case: new payments appended as they are
+            else:
+                merged = unpack(blob)
+                merged.update(entries)
+                put(key, pack(merged))
+
+    def view(self, partition: int, slots: Iterable[str]) -> dict[str, Slot]:
+        """The unpacked postings of the given slots that hold any, for one batch."""
+        state = self.partitions[partition]
+        out = {}
+        for slot in slots:
+            blob = state.get(slot_key(slot))
+            if blob is not None:
+                out[slot] = unpack(blob)
+        return out
+
+    def update(self, partition: int, changed: Mapping[str, Slot]) -> None:
+        """Store the slots a batch changed (once the changelog has them)."""
+        put = self.partitions[partition].put
+        for slot, entries in changed.items():
+            put(slot_key(slot), pack(entries))
 
     def households(self) -> int:
-        """Household-periods held (the state's unit)."""
+        """Household-periods held (the state's unit): each partition counts its own."""
         return sum(len(s) for s in self.partitions.values())
+
+    def nbytes(self) -> int:
+        """The bytes the packed partitions' own objects take (see `PartitionState.nbytes`); it
+        walks every bucket, so the worker reads it every few seconds, not per batch."""
+        return sum(s.nbytes() for s in self.partitions.values())
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
@@ -92,12 +219,12 @@ class HouseholdState:
 
     async def _load(self, partition: int) -> None:
         started = time.perf_counter()
-        state: HouseholdPartition = {}
+        state = PartitionState()
         records = await replay_partition(self.bootstrap, self.topic, partition, lambda v: self.apply(state, v),
                                          self.fetch_max_wait_ms)
         self.partitions[partition] = state
         self._loading.pop(partition, None)
         elapsed = time.perf_counter() - started
         metrics.RECOVERY_SECONDS.observe(elapsed)
-        log.info("household state of partition %d rebuilt: %d households from %d records in %.2fs", partition,
+        log.info("household state of partition %d rebuilt: %d household-periods from %d records in %.2fs", partition,
                  len(state), records, elapsed)

@@ -42,6 +42,12 @@ RECOVERY_SECONDS = Histogram(
 )
 ASSIGNED = Gauge("aidledger_worker_assigned_partitions", "Ledger partitions assigned to this worker")
 HOUSEHOLDS = Gauge("aidledger_worker_state_households", "Households held in the household stage's live state")
+STATE_BYTES = Gauge(
+    "aidledger_worker_state_bytes",
+    "Bytes of the worker's live state's own objects (packed records, their buckets and dicts), by stage;"
+    " read every few seconds", ["stage"],
+)
+STATE_BYTES.labels("person"), STATE_BYTES.labels("household")  # shown as 0 before the first read
 HOUSEHOLD_POSTINGS = Counter(
     "aidledger_worker_household_postings_total", "Postings the household stage accepted (payments and reversals)"
 )

@@ -560,6 +560,10 @@ class LedgerState:
     def persons(self) -> int:
         return sum(len(s) for s in self.partitions.values())
 
+    def nbytes(self) -> int:
+        """The bytes the packed partitions' own objects take (see `PartitionState.nbytes`)."""
+        return sum(s.nbytes() for s in self.partitions.values())
+
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.partitions.pop(p, None)
