@@ -44,6 +44,7 @@ _KIND_VALUES: list[tuple[str, str, str, str]] = []
 _PAYMENTS = 0  # no posting of the slot is a reversal: event id, person, kind, amount, time
 _REVERSALS = 1  # as _PAYMENTS, then the original's event id (16 zero bytes for a payment)
 _RECORDS = {_PAYMENTS: struct.Struct(">16s16sIqq"), _REVERSALS: struct.Struct(">16s16sIqq16s")}
+_PAYMENT_BYTES = _RECORDS[_PAYMENTS].size  # the narrowest posting: a record holds at most len // this of them
 _NONE = bytes(16)  # as on the households topic, 16 zero bytes name no original
 
 
@@ -160,9 +161,19 @@ class HouseholdState:
         for p in postings:
             added.setdefault(slot_of(p), {})[p.event_id] = entry_of(p)
         get, put = partition.get, partition.put
+        limit = self.reference.period_payments_max
         for slot, entries in added.items():
             key = slot_key(slot)
             blob = get(key)
+            if len(entries) + (len(blob) // _PAYMENT_BYTES if blob else 0) >= limit:
+                # near a placeholder's limit: keep exactly what deciding kept, the first new ones
+                # in log order until the household-period is full (`aidcore.household.full`)
+                kept = unpack(blob) if blob else {}
+                for event_id, entry in entries.items():
+                    if event_id not in kept and len(kept) < limit:
+                        kept[event_id] = entry
+                put(key, pack(kept))
+                continue
             tail = pack(entries)
             if blob is None:
                 put(key, tail)
