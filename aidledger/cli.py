@@ -102,8 +102,27 @@ def cmd_worker(args) -> int:
 
     stack = _stack()
     _setup_logging(stack.log_level)
+    _return_free_memory()
     run_worker(stack, WorkerSettings.from_env(os.environ), args.index)
     return 0
+
+
+def _return_free_memory(interval_s: float = 30.0) -> None:
+    """For a long-running service: every `interval_s`, hand the memory glibc holds free back to
+    the system (malloc_trim). A service's batches vary in size, and glibc keeps the holes they
+    leave between long-lived objects mapped, in one arena per thread that allocated; measured,
+    that is most of what a process's resident size gains over hours while its live objects stay
+    flat. A daemon thread (malloc_trim takes the arenas' locks); nothing where glibc is absent."""
+    import threading
+
+    from streams.state import release_free_memory
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval_s)
+            release_free_memory()
+
+    threading.Thread(target=loop, name="return-free-memory", daemon=True).start()
 
 
 def _run_service(coro_factory) -> int:
@@ -136,6 +155,7 @@ def cmd_project(args) -> int:
 
     stack = _stack()
     _setup_logging(stack.log_level)
+    _return_free_memory()
     settings = ProjectorSettings.from_env(os.environ)
     start_http_server(settings.metrics_port, addr=stack.metrics_addr)
     return _run_service(lambda stop: run_projector(stack.database_url, stack, settings, stop))
@@ -148,6 +168,7 @@ def cmd_relay(args) -> int:
 
     stack = _stack()
     _setup_logging(stack.log_level)
+    _return_free_memory()
     settings = RelaySettings.from_env(os.environ)
     start_http_server(settings.metrics_port, addr=stack.metrics_addr)
     return _run_service(lambda stop: run_relay(stack.database_url, stack.kafka_bootstrap, settings, stop))
@@ -164,6 +185,7 @@ def cmd_gateway(args) -> int:
 
     stack = _stack()
     _setup_logging(stack.log_level)
+    _return_free_memory()
     topics = declared_topics(stack)
     key = token_key(stack, _home(args))
     door = None
@@ -190,6 +212,7 @@ def cmd_dashboard(args) -> int:
 
     stack = _stack()
     _setup_logging(stack.log_level)
+    _return_free_memory()
     settings = DashboardSettings.from_env(os.environ)
     serve(settings, DashboardContext(stack.database_url, default_reference(),
                                      dashboard_session_key(_home(args), settings.session_key_file), cases, queries.trail))

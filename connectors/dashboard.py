@@ -170,7 +170,7 @@ class Feed:
         if not conn_holder or conn_holder[0].closed:
             conn_holder[:] = [psycopg.connect(self.ctx.database_url, autocommit=True, connect_timeout=5)]
         conn = conn_holder[0]
-        if self.marks is None:
+        if self.marks is None or not self.queues:  # no page is watching: only keep the place
             self.marks = tuple(self.ctx.cases.change_marks(conn))
             return []
         found, self.marks = self.ctx.cases.changes(conn, self.ctx.reference, self.marks)
