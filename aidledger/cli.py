@@ -102,7 +102,6 @@ def cmd_worker(args) -> int:
 
     stack = _stack()
     _setup_logging(stack.log_level)
-    _return_free_memory()
     run_worker(stack, WorkerSettings.from_env(os.environ), args.index)
     return 0
 
@@ -112,7 +111,9 @@ def _return_free_memory(interval_s: float = 30.0) -> None:
     the system (malloc_trim). A service's batches vary in size, and glibc keeps the holes they
     leave between long-lived objects mapped, in one arena per thread that allocated; measured,
     that is most of what a process's resident size gains over hours while its live objects stay
-    flat. A daemon thread (malloc_trim takes the arenas' locks); nothing where glibc is absent."""
+    flat. A daemon thread (malloc_trim takes the arenas' locks); nothing where glibc is absent.
+    Not in the worker: its state is most of its memory and is packed into long-lived buckets; it
+    trims once after each rebuild (`streams.state.release_free_memory`)."""
     import threading
 
     from streams.state import release_free_memory

@@ -219,3 +219,17 @@ def test_a_delta_of_only_applied_reversals_is_still_written():
 def test_an_empty_record_is_a_person_with_no_payments():
     """A table default (the per-event baseline keeps "" for people not seen yet)."""
     assert st.unpack(b"") == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(hs.lists(hs.tuples(hs.integers(0, 300), hs.binary(max_size=200)), max_size=600), hs.sampled_from([1, 2, 16]))
+def test_the_size_kept_as_buckets_change_is_the_size_a_walk_finds(puts, load):
+    """`nbytes` is kept up to date by every store and split; it must equal a walk of the buckets."""
+    import sys
+
+    state = st.PartitionState(load=load)
+    for token, record in puts:
+        state.put(token.to_bytes(16, "big"), record)
+    walked = (sys.getsizeof(state) + sys.getsizeof(state._buckets)
+              + sum(sys.getsizeof(b) + sys.getsizeof(bucket) for b, bucket in state._buckets.items()))
+    assert state.nbytes() == walked
