@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Cli, ingest_in_background, stack_environ, wait_until
+from conftest import ingest_in_background, wait_until
 from test_audit_stack import _stopped_inside_a_batch
 from test_money_trail import allocation, payment, release, reversal
 
 from connectors import synthetic
-from infra.stack import Stack
 from aidcore.cases import Transition
 from projections import export
 from projections.cases import record_transition
@@ -36,27 +33,6 @@ MONEY = [
     reversal("RP-R1", "RP-P1", A, 250_000),  # partial: applied
     reversal("RP-R2", "RP-P9", B, 100_000),  # its original never comes: pending
 ]
-
-
-@pytest.fixture(scope="module")
-def stack():
-    """The real stack, at home outside pytest's temporary root: every new pytest session on the
-    machine makes that root private again (mode 0700), and PostgreSQL, which runs as its own
-    user, then cannot reach its data directory by its full path. A replay creates and drops a
-    database, and dropping one makes PostgreSQL checkpoint, which opens files by full path."""
-    with tempfile.TemporaryDirectory(prefix="aidledger-replay-") as tmp:
-        home = Path(tmp)
-        s = Stack(home, stack_environ(home))
-        s.start()
-        try:
-            yield s
-        finally:
-            s.stop()
-
-
-@pytest.fixture(scope="module")
-def cli(stack):
-    return Cli(stack)
 
 
 def _write(path, rows) -> None:
