@@ -144,28 +144,13 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _cpu_seconds(stack: Stack) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each part of the stack: this process (the
-    intake), the broker, each supervised child, and PostgreSQL (the postmaster, its live
-    backends and the backends it has already reaped)."""
-    tick = os.sysconf("SC_CLK_TCK")
+    intake; its own time only, the stack's processes are its children), the broker, each
+    supervised child, and PostgreSQL (the postmaster and its backends, live or reaped)."""
+    from aidledger.bench_scale import _tree_cpu_seconds
 
-    def stat(pid: int, reaped: bool = False) -> float:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        used = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
-        return used / tick
-
-    out = {"intake": stat(os.getpid()), "broker": stat(stack.broker.pid)}
-    for name, child in stack.children.items():
-        if child.process is not None:
-            out[name] = stat(child.process.pid)
-    try:
-        backends = Path(f"/proc/{stack.postgres.pid}/task/{stack.postgres.pid}/children").read_text().split()
-    except OSError:
-        backends = []
-    out["postgres"] = stat(stack.postgres.pid, reaped=True) + sum(stat(int(b)) for b in backends)
-    return out
+    roots = {"broker": stack.broker.pid, "postgres": stack.postgres.pid,
+             **{name: child.process.pid for name, child in stack.children.items() if child.process is not None}}
+    return {"intake": sum(os.times()[:2]), **{name: _tree_cpu_seconds(pid) for name, pid in roots.items()}}
 
 
 def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
