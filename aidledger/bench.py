@@ -23,8 +23,10 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -153,56 +155,64 @@ def _cpu_seconds(stack: Stack) -> dict[str, float]:
     return {"intake": sum(os.times()[:2]), **{name: _tree_cpu_seconds(pid) for name, pid in roots.items()}}
 
 
-def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix="aidledger-bench-") as tmp:
+@contextmanager
+def bench_stack(prefix: str) -> Iterator[tuple[Stack, Path]]:
+    """A fresh embedded stack in the default configuration, in a temporary home, with its worker
+    owning its partitions; stopped and removed on leaving."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         home = Path(tmp)
         stack = Stack(home, _environ())
         stack.start()
         try:
             _worker_ready(stack)
-            key = token_key(stack.stack, home)
-            topics = declared_topics(stack.stack)
-            dataset = synthetic.generate(records, seed=seed)
-            rows = list(enumerate(dataset.records, start=1))
-            with psycopg.connect(stack.database_url, autocommit=True) as conn:
-                cpu_before = _cpu_seconds(stack)
-                t0 = time.perf_counter()
-                report = ingest_rows(conn, iter(rows), source_name="bench", ledger_topic=topics["ledger"].name,
-                                     alerts_topic=topics["alerts"].name, token_key=key, reference=default_reference())
-                ingest_s = time.perf_counter() - t0
-                stack.wait_caught_up(1800, poll_s=0.1)
-                e2e_s = time.perf_counter() - t0
-                cpu_after = _cpu_seconds(stack)
-                cpu_us = {name: round((used - cpu_before.get(name, 0.0)) / report.accepted * 1e6, 1)
-                          for name, used in cpu_after.items() if name not in ("gateway", "dashboard")}
-                ceiling = asyncio.run(raw_ceiling(stack.bootstrap, topics["ledger"].name, topics["ledger"].partitions))
-
-                # paced phase: fresh people (another seed) offered at a steady rate in small chunks
-                paced = synthetic.generate(int(paced_rate * paced_s), seed=seed + 1000, first_period="2026-08", months=3)
-                chunk = max(1, paced_rate // 20)
-                mark = conn.execute("SELECT now()").fetchone()[0]
-                started = time.perf_counter()
-
-                def paced_rows():
-                    for i, row in enumerate(paced.records, start=1):
-                        if i % chunk == 0:
-                            lag = started + i / paced_rate - time.perf_counter()
-                            if lag > 0:
-                                time.sleep(lag)
-                        yield i, dict(row, source_ref="PACED-" + row["source_ref"])
-
-                ingest_rows(conn, paced_rows(), source_name="bench-paced", ledger_topic=topics["ledger"].name,
-                            alerts_topic=topics["alerts"].name, token_key=key, reference=default_reference(),
-                            chunk_rows=chunk)
-                stack.wait_caught_up(600, poll_s=0.1)
-                projection = projection_write_rate(stack, topics)
-                audit = audit_verify_rate(stack.database_url, topics["ledger"].partitions)
-                replayed = bench_replay.replay_rate(stack, topics["ledger"].name)
-                latencies = [r[0] for r in conn.execute(
-                    "SELECT latency_ms FROM ledger.alerts WHERE first_raised_at >= %s AND rule_id = %s",
-                    (mark, RULE_DUPLICATE_PERSON)).fetchall()]
+            yield stack, home
         finally:
             stack.stop()
+
+
+def one_round(records: int, seed: int, paced_rate: int, paced_s: float) -> dict:
+    with bench_stack("aidledger-bench-") as (stack, home):
+        key = token_key(stack.stack, home)
+        topics = declared_topics(stack.stack)
+        dataset = synthetic.generate(records, seed=seed)
+        rows = list(enumerate(dataset.records, start=1))
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            cpu_before = _cpu_seconds(stack)
+            t0 = time.perf_counter()
+            report = ingest_rows(conn, iter(rows), source_name="bench", ledger_topic=topics["ledger"].name,
+                                 alerts_topic=topics["alerts"].name, token_key=key, reference=default_reference())
+            ingest_s = time.perf_counter() - t0
+            stack.wait_caught_up(1800, poll_s=0.1)
+            e2e_s = time.perf_counter() - t0
+            cpu_after = _cpu_seconds(stack)
+            cpu_us = {name: round((used - cpu_before.get(name, 0.0)) / report.accepted * 1e6, 1)
+                      for name, used in cpu_after.items() if name not in ("gateway", "dashboard")}
+            ceiling = asyncio.run(raw_ceiling(stack.bootstrap, topics["ledger"].name, topics["ledger"].partitions))
+
+            # paced phase: fresh people (another seed) offered at a steady rate in small chunks
+            paced = synthetic.generate(int(paced_rate * paced_s), seed=seed + 1000, first_period="2026-08", months=3)
+            chunk = max(1, paced_rate // 20)
+            mark = conn.execute("SELECT now()").fetchone()[0]
+            started = time.perf_counter()
+
+            def paced_rows():
+                for i, row in enumerate(paced.records, start=1):
+                    if i % chunk == 0:
+                        lag = started + i / paced_rate - time.perf_counter()
+                        if lag > 0:
+                            time.sleep(lag)
+                    yield i, dict(row, source_ref="PACED-" + row["source_ref"])
+
+            ingest_rows(conn, paced_rows(), source_name="bench-paced", ledger_topic=topics["ledger"].name,
+                        alerts_topic=topics["alerts"].name, token_key=key, reference=default_reference(),
+                        chunk_rows=chunk)
+            stack.wait_caught_up(600, poll_s=0.1)
+            projection = projection_write_rate(stack, topics)
+            audit = audit_verify_rate(stack.database_url, topics["ledger"].partitions)
+            replayed = bench_replay.replay_rate(stack, topics["ledger"].name)
+            latencies = [r[0] for r in conn.execute(
+                "SELECT latency_ms FROM ledger.alerts WHERE first_raised_at >= %s AND rule_id = %s",
+                (mark, RULE_DUPLICATE_PERSON)).fetchall()]
     return {
         "records": records,
         "accepted": report.accepted,

@@ -15,7 +15,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,39 +56,32 @@ def replay_rate(stack, ledger_topic: str) -> dict:
 
 
 def run(records: int, seed: int, repeats: int, log=print) -> dict:
-    from aidledger.bench import _environ, _machine, _worker_ready
+    from aidledger.bench import _machine, bench_stack
     from aidcore.reference import default_reference
     from connectors import synthetic
     from connectors.intake import ingest_rows
-    from infra.stack import Stack, token_key
+    from infra.stack import token_key
     from schemas.topics import declared_topics
 
-    with tempfile.TemporaryDirectory(prefix="aidledger-bench-replay-") as tmp:
-        home = Path(tmp)
-        stack = Stack(home, _environ())
-        stack.start()
-        try:
-            _worker_ready(stack)
-            topics = declared_topics(stack.stack)
-            dataset = synthetic.generate(records, seed=seed)
-            log(f"ingest {records:,} records end to end")
-            t0 = time.perf_counter()
-            with psycopg.connect(stack.database_url, autocommit=True) as conn:
-                ingest_rows(conn, iter(enumerate(dataset.records, start=1)), source_name="bench",
-                            ledger_topic=topics["ledger"].name, alerts_topic=topics["alerts"].name,
-                            token_key=token_key(stack.stack, home), reference=default_reference())
-            stack.wait_caught_up(1800, poll_s=0.1)
-            log(f"  projected in {time.perf_counter() - t0:.0f} s")
-            rounds = []
-            for i in range(repeats):
-                log(f"replay {i + 1}/{repeats}")
-                rounds.append(replay_rate(stack, topics["ledger"].name))
-                r = rounds[-1]
-                log(f"  {r['events_per_s']:,.0f} events/s ({r['records_per_s']:,.0f} records/s of every topic),"
-                    f" compared in {r['compare_seconds']:.1f} s; CPU per record: Python"
-                    f" {r['python_cpu_us_per_record']:.1f} µs, PostgreSQL {r['postgres_cpu_us_per_record']:.1f} µs")
-        finally:
-            stack.stop()
+    with bench_stack("aidledger-bench-replay-") as (stack, home):
+        topics = declared_topics(stack.stack)
+        dataset = synthetic.generate(records, seed=seed)
+        log(f"ingest {records:,} records end to end")
+        t0 = time.perf_counter()
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            ingest_rows(conn, iter(enumerate(dataset.records, start=1)), source_name="bench",
+                        ledger_topic=topics["ledger"].name, alerts_topic=topics["alerts"].name,
+                        token_key=token_key(stack.stack, home), reference=default_reference())
+        stack.wait_caught_up(1800, poll_s=0.1)
+        log(f"  projected in {time.perf_counter() - t0:.0f} s")
+        rounds = []
+        for i in range(repeats):
+            log(f"replay {i + 1}/{repeats}")
+            rounds.append(replay_rate(stack, topics["ledger"].name))
+            r = rounds[-1]
+            log(f"  {r['events_per_s']:,.0f} events/s ({r['records_per_s']:,.0f} records/s of every topic),"
+                f" compared in {r['compare_seconds']:.1f} s; CPU per record: Python"
+                f" {r['python_cpu_us_per_record']:.1f} µs, PostgreSQL {r['postgres_cpu_us_per_record']:.1f} µs")
     median = statistics.median(r["events_per_s"] for r in rounds)
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": _machine(),
             "records": records, "rounds": rounds, "replay_events_per_s_median": median,
