@@ -110,7 +110,7 @@ def unpack(blob: bytes) -> Slot:
 
 def _holds_any(blob: bytes, event_ids: Iterable[bytes]) -> bool:
     """Whether a _PAYMENTS record holds any of the event ids (a match must start a posting)."""
-    size = _RECORDS[_PAYMENTS].size
+    size = _PAYMENT_BYTES
     for event_id in event_ids:
         i = blob.find(event_id, 1)
         while i > 0 and (i - 1) % size:
