@@ -72,6 +72,7 @@ class WorkerSettings(_Group):
     session_timeout_s: float = _setting("AIDLEDGER_WORKER_SESSION_TIMEOUT_S", 6.0, "consumer-group session timeout (Tansu holds a join for half of it)")
     commit_interval_s: float = _setting("AIDLEDGER_WORKER_COMMIT_INTERVAL_S", 1.0, "how often consumed offsets are committed")
     expiry_interval_s: float = _setting("AIDLEDGER_WORKER_EXPIRY_INTERVAL_S", 5.0, "how often reversals still waiting for their original are checked against the rulebook's wait")
+    persist_hold_ms: int = _setting("AIDLEDGER_WORKER_PERSIST_HOLD_MS", 0, "fault injection, 0 in service: hold every batch this long while persisting it, so that a test can stop the worker mid-persist")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from schemas.topics import declared_topics
 from streams import metrics
 from streams.household import HouseholdState, household_partition
 from streams.state import LedgerState, delta_records, removal, store, view
-from streams.transport import LedgerApp
+from streams.transport import LedgerApp, run_to_completion
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ class LedgerProcessor:
         self._books: dict[str, Rulebook] = {self.default_rulebook.digest: self.default_rulebook}
         self._lock = asyncio.Lock()  # a batch and the expiry of waiting reversals never interleave
         self._state_bytes_due = 0.0  # when `_report` next reads the states' sizes
+        self.persist_hold_s = 0.0  # fault injection only (AIDLEDGER_WORKER_PERSIST_HOLD_MS)
 
     def rulebook(self, partition: int) -> Rulebook:
         """The rulebook in force on a ledger partition: its latest activation, else the default."""
@@ -195,6 +196,8 @@ class LedgerProcessor:
         """Sends first (alerts, dead letters, postings), then the changelogs; only then does the
         live state change. A failure exits the process: nothing unpersisted is ever acked."""
         try:
+            if self.persist_hold_s:
+                await asyncio.sleep(self.persist_hold_s)
             for fut in step.sends:
                 await fut
             state_sends = []
@@ -421,6 +424,7 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
     )
     app.fetch_max_wait_ms = stack.fetch_max_wait_ms
     processor = LedgerProcessor(app, stack, reference or default_reference(), rulebook)
+    processor.persist_hold_s = worker.persist_hold_ms / 1000
     app.batch_handler = processor.process_batch
     # Subscribed through the conductor, consumed by the batch consumer (streams.transport): no
     # agent, because Faust's per-event path is what this worker exists to avoid.
@@ -430,7 +434,7 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
 
     @app.timer(worker.expiry_interval_s)
     async def expire_pending() -> None:
-        await processor.expire_pending()
+        await run_to_completion(processor.expire_pending())
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs):

@@ -7,7 +7,9 @@ consumer group and partition assignment, rebalance handling, flow control, the p
 commit, the producer) and replaces only the per-record dispatch of `_drain_messages`: each fetch
 (`getmany` over the active partitions) goes to `LedgerApp.batch_handler` as one mapping, and the
 offsets it covers become committable only after the handler returned, i.e. after its effects
-were acknowledged by the broker (at-least-once, idempotent effects).
+were acknowledged by the broker (at-least-once, idempotent effects). A stop or a rebalance
+cancels the fetcher; the batch in hand runs to its end first (`run_to_completion`), so a
+graceful stop never abandons a persist half-way.
 
 Also lowers the consumer's fetch_max_wait (Faust hardcodes 1500 ms): Tansu answers a fetch only
 when that wait expires, even when records arrive sooner.
@@ -15,11 +17,15 @@ when that wait expires, even when records arrive sooner.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping, Optional
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable, Mapping, Optional, TypeVar
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 BatchHandler = Callable[[Mapping[Any, list]], Awaitable[None]]
 
 
@@ -70,17 +76,52 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 if not batch:
                     continue
                 generation = self.app.consumer_generation_id
-                await handler(batch)
-                if generation != self.app.consumer_generation_id:
-                    continue  # reassigned while deciding: let the new assignment re-read
-                for tp, recs in batch.items():
-                    last = recs[-1].offset
-                    self._done[tp] = last + 1
-                    self._read_offset[tp] = last
+                try:
+                    await run_to_completion(handler(batch))
+                except asyncio.CancelledError:
+                    # a stop or a rebalance cancelled the fetcher after the batch was finished:
+                    # its offsets are committable all the same
+                    self._handled(batch, generation)
+                    raise
+                self._handled(batch, generation)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
             raise
+
+
+    def _handled(self, batch: Mapping[Any, list], generation: int) -> None:
+        """The batch's effects are acknowledged: its offsets may be committed, unless the
+        partitions were reassigned meanwhile (the new assignment re-reads them)."""
+        if generation != self.app.consumer_generation_id:
+            return
+        for tp, recs in batch.items():
+            last = recs[-1].offset
+            self._done[tp] = last + 1
+            self._read_offset[tp] = last
+
+
+async def run_to_completion(work: Awaitable[T]) -> T:
+    """Run `work` as its own task and let no cancellation interrupt it.
+
+    A stop or a rebalance cancels the fetcher and the timers; a batch cancelled half-way through
+    persisting could not tell which of its records reached the broker, and the worker would have
+    to exit. So the caller's cancellation waits for the work to end (through any number of
+    repeats: Faust's fetcher stop re-cancels every second while it waits) and is raised after it;
+    a failure of the work is raised instead."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            log.info("cancelled while persisting: the work in hand is finished first")
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                continue
+        task.result()
+        raise
 
 
 class BatchTransport(faust_aiokafka.Transport):
