@@ -337,7 +337,7 @@ def _projected(stack) -> int:
     ledger = stack.endpoints()["topics"]["ledger"]
     try:
         with psycopg.connect(stack.database_url, connect_timeout=2) as conn:
-            return conn.execute("SELECT coalesce(sum(next_offset), 0) FROM ledger.tracking WHERE topic = %s",
+            return conn.execute("SELECT coalesce(sum(next_offset), 0)::bigint FROM ledger.tracking WHERE topic = %s",
                                 (ledger,)).fetchone()[0]
     except psycopg.OperationalError:
         return -1
