@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import psycopg
@@ -75,6 +76,12 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
         fetch_max_wait_ms=stack.fetch_max_wait_ms,
     )
     await consumer.start()
+    # Every call on the connection runs on this one thread, and the connection is closed only
+    # after a call still running when the projector stops has ended. One thread also keeps the
+    # batches' memory in one glibc arena (asyncio.to_thread's shared pool may start more threads,
+    # each with an arena of its own).
+    db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-db")
+    loop = asyncio.get_running_loop()
     try:
         tps = [TopicPartition(specs[role].name, p) for role in topic_names for p in range(specs[role].partitions)]
         if until is not None:
@@ -88,7 +95,7 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
         stats_due = 0.0
         while not stop.is_set():
             if time.monotonic() >= stats_due:
-                await asyncio.to_thread(report_table_sizes, conn)
+                await loop.run_in_executor(db, report_table_sizes, conn)
                 stats_due = time.monotonic() + settings.table_stats_interval_s
             batch = await consumer.getmany(timeout_ms=100, max_records=settings.batch_max)
             if batch:
@@ -103,7 +110,8 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
                         records.append(Record(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ())))
                     next_offsets[(tp.topic, tp.partition)] = messages[-1].offset + 1
                 started = time.perf_counter()
-                stats = await asyncio.to_thread(write_batch, conn, PROJECTOR_NAME, topic_names, records, next_offsets)
+                stats = await loop.run_in_executor(db, write_batch, conn, PROJECTOR_NAME, topic_names, records,
+                                                   next_offsets)
                 BATCH_SECONDS.observe(time.perf_counter() - started)
                 ROWS.labels("event").inc(stats.events_new)
                 ROWS.labels("alert").inc(stats.alerts)
@@ -133,6 +141,7 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
                     LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - await consumer.position(tp)))
     finally:
         await consumer.stop()
+        db.shutdown(wait=True)
         conn.close()
 
 
