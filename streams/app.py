@@ -153,6 +153,11 @@ class LedgerProcessor:
         self._report(step)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
+    async def settle(self) -> None:
+        """Return once no batch (nor expiry) is being decided or persisted."""
+        async with self._lock:
+            return
+
     async def expire_pending(self) -> int:
         """Reversals that waited longer than the rulebook's wait for their original: dead-lettered
         as reversal_original_unknown and removed from the state (through the changelog), so a
@@ -435,6 +440,13 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
     @app.timer(worker.expiry_interval_s)
     async def expire_pending() -> None:
         await run_to_completion(processor.expire_pending())
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app_, revoked, **kwargs):
+        # A rebalance pauses the flow but not a batch already being persisted. It finishes before
+        # this worker rejoins the group: its changelog records are then in the log before another
+        # worker can be given the partitions, and that worker's rebuild reads them.
+        await processor.settle()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs):

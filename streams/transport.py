@@ -84,6 +84,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     self._handled(batch, generation)
                     raise
                 self._handled(batch, generation)
+        except asyncio.CancelledError:
+            if self.app.should_stop:
+                # The app is stopping: the fetcher ends as finished, not as cancelled. Faust takes
+                # a cancelled fetcher during a rebalance for a rebalance restart, and that path
+                # crashes (the fetcher has no supervisor to wake), so a stop that came during a
+                # rebalance would exit 1.
+                if self.app.rebalancing:
+                    log.info("stopping during a rebalance")
+                return
+            raise
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return

@@ -11,6 +11,7 @@ that it finishes the work in hand) as well as to exit 0.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import Cli, gauge, stack_environ, wait_until
@@ -67,3 +68,47 @@ def _decided(stack) -> float:
         return gauge(url, "aidledger_worker_state_persons")
     except OSError:
         return 0.0
+
+
+REBALANCING = b"stopping during a rebalance"
+
+
+def test_sigterm_during_a_rebalance_exits_0(tmp_path):
+    """One worker leaves; while the group rebalances around the other, it is stopped too. Faust
+    takes a cancelled fetcher during a rebalance for a rebalance restart and crashes on it; the
+    worker must instead stop as it would at any other moment."""
+    home = tmp_path / "home"
+    stack = Stack(home, stack_environ(home), workers=2)
+    stack.start()
+    try:
+        first, second = stack.children["worker-0"], stack.children["worker-1"]
+        log_path = home / "logs" / "worker-0.log"
+        codes, landed = [], 0
+        for delay_s in (0.3, 0.8, 1.5, 0.1, 2.0):
+            wait_until(lambda: _owned(stack) == [True, True], 120, "both workers to own a share",
+                       on_poll=stack.check_children)
+            before = log_path.read_bytes().count(REBALANCING)
+            stack.stop_child(second)  # the group rebalances around the first
+            time.sleep(delay_s)
+            stack.stop_child(first, timeout_s=30)
+            codes.append(first.process.returncode)
+            landed += log_path.read_bytes().count(REBALANCING) > before
+            for child in (first, second):
+                child.backoff_s = 0.0
+            stack.check_children()
+            if landed >= 2:
+                break
+        assert all(code == 0 for code in codes), f"exit codes on SIGTERM: {codes}"
+        assert landed >= 1, f"no stop of {len(codes)} landed during a rebalance; the test did not test it"
+    finally:
+        stack.stop()
+
+
+def _owned(stack) -> list[bool]:
+    out = []
+    for name in ("worker-0", "worker-1"):
+        try:
+            out.append(gauge(stack.endpoints()["metrics"][name], "aidledger_worker_assigned_partitions") > 0)
+        except OSError:
+            out.append(False)
+    return out
