@@ -7,8 +7,8 @@ consumer group and partition assignment, rebalance handling, flow control, the p
 commit, the producer) and replaces only the per-record dispatch of `_drain_messages`: each fetch
 (`getmany` over the active partitions) goes to `LedgerApp.batch_handler` as one mapping, and the
 offsets it covers become committable only after the handler returned, i.e. after its effects
-were acknowledged by the broker (at-least-once, idempotent effects). A stop or a rebalance
-cancels the fetcher; the batch in hand runs to its end first (`run_to_completion`), so a
+were acknowledged by the broker (at-least-once, idempotent effects). A stop cancels the
+fetcher; the batch in hand runs to its end first (`run_to_completion`), so a
 graceful stop never abandons a persist half-way.
 
 Also lowers the consumer's fetch_max_wait (Faust hardcodes 1500 ms): Tansu answers a fetch only
@@ -79,7 +79,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 try:
                     await run_to_completion(handler(batch))
                 except asyncio.CancelledError:
-                    # a stop or a rebalance cancelled the fetcher after the batch was finished:
+                    # a stop cancelled the fetcher after the batch was finished:
                     # its offsets are committable all the same
                     self._handled(batch, generation)
                     raise
@@ -99,7 +99,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             raise
 
-
     def _handled(self, batch: Mapping[Any, list], generation: int) -> None:
         """The batch's effects are acknowledged: its offsets may be committed, unless the
         partitions were reassigned meanwhile (the new assignment re-reads them)."""
@@ -114,7 +113,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
 async def run_to_completion(work: Awaitable[T]) -> T:
     """Run `work` as its own task and let no cancellation interrupt it.
 
-    A stop or a rebalance cancels the fetcher and the timers; a batch cancelled half-way through
+    A stop cancels the fetcher and the timers; a batch cancelled half-way through
     persisting could not tell which of its records reached the broker, and the worker would have
     to exit. So the caller's cancellation waits for the work to end (through any number of
     repeats: Faust's fetcher stop re-cancels every second while it waits) and is raised after it;

@@ -89,6 +89,24 @@ def gauge(url: str, name: str) -> float:
     return 0.0
 
 
+def workers(stack: Stack) -> list:
+    return [stack.children[f"worker-{i}"] for i in range(stack.workers)]
+
+
+def assigned(stack) -> list[float]:
+    metrics = stack.endpoints()["metrics"]
+    return [gauge(metrics[w.name], "aidledger_worker_assigned_partitions") for w in workers(stack)]
+
+
+def settled(stack) -> bool:
+    """Every worker running and owning a share, and the shares adding up to the partitions: the
+    group is between rebalances. Anything else (a worker dead, starting, joining, or holding an
+    assignment the group has since changed) is a rebalance under way."""
+    owned = assigned(stack)
+    return (all(w.process.poll() is None for w in workers(stack)) and all(n > 0 for n in owned)
+            and sum(owned) == stack.stack.partitions)
+
+
 def read_topic(bootstrap: str, topic: str, partitions: int) -> list:
     """Every record of a topic, read to the true high watermark of each partition."""
     import asyncio

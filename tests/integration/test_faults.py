@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Cli, gauge, stack_environ, wait_until
+from conftest import Cli, assigned, gauge, settled, stack_environ, wait_until, workers
 from gateway_client import batch, call, issued_key, nik, record
 from oracle import Accepted, check
 
@@ -66,24 +66,6 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def accepted() -> Accepted:
     return Accepted()
-
-
-def workers(stack) -> list:
-    return [stack.children[f"worker-{i}"] for i in range(stack.workers)]
-
-
-def assigned(stack) -> list[float]:
-    metrics = stack.endpoints()["metrics"]
-    return [gauge(metrics[w.name], "aidledger_worker_assigned_partitions") for w in workers(stack)]
-
-
-def settled(stack) -> bool:
-    """Every worker running and owning a share, and the shares adding up to the partitions: the
-    group is between rebalances. Anything else (a worker dead, starting, joining, or holding an
-    assignment the group has since changed) is a rebalance under way."""
-    owned = assigned(stack)
-    return (all(w.process.poll() is None for w in workers(stack)) and all(n > 0 for n in owned)
-            and sum(owned) == stack.stack.partitions)
 
 
 def tagged(dataset, tag: str):

@@ -14,7 +14,7 @@ import json
 import time
 
 import pytest
-from conftest import Cli, gauge, stack_environ, wait_until
+from conftest import Cli, gauge, settled, stack_environ, wait_until
 from oracle import Accepted, check
 
 from connectors import synthetic
@@ -45,8 +45,8 @@ def test_sigterm_mid_persist_finishes_the_batch_and_exits_0(tmp_path):
         codes, landed = [], 0
         for _ in range(STOPS):
             # a backlog of ~30 held batches: once the worker has decided one, it is in the next
-            wait_until(lambda: _decided(stack) > 0, 120, "the worker to decide its first batch",
-                       on_poll=stack.check_children)
+            wait_until(lambda: gauge(stack.endpoints()["metrics"]["worker-0"], "aidledger_worker_state_persons") > 0,
+                       120, "the worker to decide its first batch", on_poll=stack.check_children)
             before = log_path.read_bytes().count(FINISHING)
             stack.stop_child(worker, timeout_s=30)
             codes.append(worker.process.returncode)
@@ -60,14 +60,6 @@ def test_sigterm_mid_persist_finishes_the_batch_and_exits_0(tmp_path):
         assert figures["accepted"] == len(accepted.amounts)
     finally:
         stack.stop()
-
-
-def _decided(stack) -> float:
-    url = stack.endpoints()["metrics"]["worker-0"]
-    try:
-        return gauge(url, "aidledger_worker_state_persons")
-    except OSError:
-        return 0.0
 
 
 REBALANCING = b"stopping during a rebalance"
@@ -85,8 +77,7 @@ def test_sigterm_during_a_rebalance_exits_0(tmp_path):
         log_path = home / "logs" / "worker-0.log"
         codes, landed = [], 0
         for delay_s in (0.3, 0.8, 1.5, 0.1, 2.0):
-            wait_until(lambda: _owned(stack) == [True, True], 120, "both workers to own a share",
-                       on_poll=stack.check_children)
+            wait_until(lambda: settled(stack), 120, "both workers to own a share", on_poll=stack.check_children)
             before = log_path.read_bytes().count(REBALANCING)
             stack.stop_child(second)  # the group rebalances around the first
             time.sleep(delay_s)
@@ -103,12 +94,3 @@ def test_sigterm_during_a_rebalance_exits_0(tmp_path):
     finally:
         stack.stop()
 
-
-def _owned(stack) -> list[bool]:
-    out = []
-    for name in ("worker-0", "worker-1"):
-        try:
-            out.append(gauge(stack.endpoints()["metrics"][name], "aidledger_worker_assigned_partitions") > 0)
-        except OSError:
-            out.append(False)
-    return out

@@ -1,4 +1,4 @@
-"""A stop or rebalance cancels the worker's fetcher and timers; a batch must never be cut short
+"""A stop cancels the worker's fetcher and timers; a batch must never be cut short
 half-way through persisting, so `run_to_completion` lets it finish and raises the cancellation after."""
 
 import asyncio
