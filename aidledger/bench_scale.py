@@ -51,7 +51,7 @@ from aidcore.intake import DIGESTS_BYTES
 from aidcore.settings import ProjectorSettings, StackSettings
 from connectors.synthetic import REGENCIES
 from infra import embedded, kafka
-from schemas import codec
+from schemas import codec, flat
 from schemas.topics import declared_topics
 
 EVENTS = 10_000_000
@@ -90,18 +90,7 @@ assert [f["name"] for f in codec.codec(codec.DISBURSEMENT).schema["fields"]] == 
 ], "the DisbursementRecorded schema changed: update the encoder in aidledger/bench_scale.py"
 
 
-def _long(n: int) -> bytes:
-    """Avro long (and int): zigzag, then base-128 varint, low group first."""
-    z = (n << 1) ^ (n >> 63)
-    if 0x2_0000_0000_0000 <= z < 0x100_0000_0000_0000:  # 8 groups: every timestamp of this century
-        return bytes(((z & 0x7F) | 0x80, (z >> 7 & 0x7F) | 0x80, (z >> 14 & 0x7F) | 0x80, (z >> 21 & 0x7F) | 0x80,
-                      (z >> 28 & 0x7F) | 0x80, (z >> 35 & 0x7F) | 0x80, (z >> 42 & 0x7F) | 0x80, z >> 49))
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
+_long = flat.long_bytes  # Avro long (and int): zigzag, then base-128 varint, low group first
 
 
 def _str(s: str) -> bytes:

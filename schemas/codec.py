@@ -25,6 +25,7 @@ from fastavro.schema import parse_schema, to_parsing_canonical_form
 from aidcore.intake import BudgetAllocation, Disbursement, Reversal, TreasuryRelease
 from aidcore.ledger import Alert, AlertLine, Posting
 from aidcore.registries import RegistryRecord
+from schemas import flat
 
 MARKER = b"\xc3\x01"
 HEADER_LEN = 10
@@ -107,6 +108,10 @@ class RecordCodec:
             fp = fingerprint(schema)
             if fp != self.fingerprint:
                 self._writers[fp] = parse_schema(schema)
+        try:  # the current writer's flat records are read by generated code first (schemas.flat)
+            self._flat = flat.reader(self.schema)
+        except flat.NotFlat:
+            self._flat = None
 
     def encode(self, record: dict) -> bytes:
         out = io.BytesIO()
@@ -131,6 +136,11 @@ class RecordCodec:
             writer = self._writers[fp]
         except KeyError:
             raise CodecError("schema_fingerprint_unknown", f"no {self.name} schema has fingerprint {fp.hex()}") from None
+        if writer is None and self._flat is not None and type(data) is bytes:
+            try:
+                return self._flat(data, HEADER_LEN)
+            except Exception:  # noqa: S110 - not plainly valid: fastavro below decides, and names the error
+                pass
         body = io.BytesIO(data)
         body.seek(HEADER_LEN)  # a view would copy no less: BytesIO shares the bytes until written
         try:
@@ -157,7 +167,23 @@ def codec(name: str) -> RecordCodec:
 _DISBURSEMENT_FIELDS = tuple(Disbursement.__dataclass_fields__)
 
 
+@lru_cache(maxsize=1)
+def _disbursement_writer():
+    """Generated code for the current DisbursementRecorded (schemas.flat), None if it is not flat."""
+    c = codec(DISBURSEMENT)
+    try:
+        return flat.writer(c.schema, c.header)
+    except flat.NotFlat:
+        return None
+
+
 def encode_disbursement(d: Disbursement) -> bytes:
+    write = _disbursement_writer()
+    if write is not None:
+        try:
+            return write(d)
+        except Exception:  # noqa: S110 - a value of an unexpected type: fastavro encodes it or names the problem
+            pass
     return codec(DISBURSEMENT).encode({f: getattr(d, f) for f in _DISBURSEMENT_FIELDS})
 
 
@@ -259,6 +285,21 @@ def _makers():
 
 
 @lru_cache(maxsize=1)
+def _direct_disbursement():
+    """A flat reader (schemas.flat) of a current-schema DisbursementRecorded body straight into a
+    Disbursement, built as `_record_maker` builds it; None where the schema is not flat."""
+    _makers()  # checks that the schema's fields are the record's, in order
+    names = tuple(Disbursement.__dataclass_fields__)
+    scope = {"new": object.__new__, "cls": Disbursement,
+             **{f"set_{n}": getattr(Disbursement, n).__set__ for n in names}}
+    body = "    o = new(cls)\n" + "".join(f"    set_{n}(o, v{i})\n" for i, n in enumerate(names)) + "    return o\n"
+    try:
+        return flat.reader(codec(DISBURSEMENT).schema, body, scope)
+    except flat.NotFlat:
+        return None
+
+
+@lru_cache(maxsize=1)
 def _ledger_kinds() -> dict[bytes, str]:
     out = {}
     for name in LEDGER_RECORDS:
@@ -317,11 +358,20 @@ def decode_ledger_values(values: Iterable[bytes | None]) -> list[LedgerRecord | 
     kinds = _ledger_kinds()
     disbursement = codec(DISBURSEMENT).decode
     make_disbursement, make_reversal = _makers()
+    direct, current = _direct_disbursement(), codec(DISBURSEMENT).fingerprint
     out: list[LedgerRecord | CodecError] = []
     append = out.append
     for value in values:
         try:
-            kind = kinds.get(value[2:HEADER_LEN]) if value is not None and value[:2] == MARKER else None
+            fp = value[2:HEADER_LEN] if value is not None and value[:2] == MARKER else None
+            if fp == current and direct is not None and type(value) is bytes:
+                try:
+                    record = direct(value, HEADER_LEN)
+                except Exception:  # not plainly valid: the full decode below decides, and names the error
+                    record = make_disbursement(disbursement(value))
+                append(_checked(record))
+                continue
+            kind = kinds.get(fp)
             if kind is None or kind == DISBURSEMENT:
                 append(_checked(make_disbursement(disbursement(value))))
             elif kind == REVERSAL:
