@@ -17,7 +17,8 @@ import struct
 from zlib import crc32
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from aidcore import nik as nikmod
 from aidcore.reference import Reference

@@ -12,7 +12,8 @@ Each identity kind has its own domain prefix so a KK can never collide with a NI
 
 from __future__ import annotations
 
-import hmac
+import hashlib
+from functools import lru_cache
 
 ASCII_DIGITS = frozenset("0123456789")
 
@@ -70,8 +71,25 @@ def provisional_problem(provisional_id: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4)
+def _pads(key: bytes):
+    """HMAC-SHA256's inner and outer hashes with the key's padded blocks already absorbed (RFC
+    2104): a token then costs two hash copies and two short updates, a third of hmac.digest,
+    which sets the key up again at every call. Two tokens per intake record made that 11% of
+    the intake's time."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+
 def _token(key: bytes, domain: bytes, value: str) -> str:
-    return hmac.digest(key, domain + value.encode("ascii"), "sha256").hex()[:TOKEN_HEX_CHARS]
+    inner, outer = _pads(key)
+    inner = inner.copy()
+    inner.update(domain + value.encode("ascii"))
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()[:TOKEN_HEX_CHARS]
 
 
 def person_token(key: bytes, nik: str) -> str:
