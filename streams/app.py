@@ -15,7 +15,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Awaitable, Mapping, NamedTuple
 
 import faust
 
@@ -31,7 +31,7 @@ from schemas.topics import declared_topics
 from streams import metrics
 from streams.household import HouseholdState, household_partition
 from streams.state import LedgerState, delta_records, removal, store, view
-from streams.transport import LedgerApp, run_to_completion
+from streams.transport import BatchGate, LedgerApp, run_to_completion
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class LedgerProcessor:
         self.households = HouseholdState(bootstrap_of(stack), self.household_state_topic, reference,
                                          self.default_rulebook, stack.fetch_max_wait_ms)
         self._books: dict[str, Rulebook] = {self.default_rulebook.digest: self.default_rulebook}
-        self._lock = asyncio.Lock()  # a batch and the expiry of waiting reversals never interleave
+        self.gate = BatchGate()  # a batch and the expiry of waiting reversals never interleave
         self._state_bytes_due = 0.0  # when `_report` next reads the states' sizes
         self.persist_hold_s = 0.0  # fault injection only (AIDLEDGER_WORKER_PERSIST_HOLD_MS)
 
@@ -132,10 +132,11 @@ class LedgerProcessor:
             book = self._books[activation.digest] = parse_rulebook(activation.text, self.reference)
         return book
 
-    async def process_batch(self, batch: Mapping[Any, list]) -> None:
-        """One fetched batch: {TopicPartition: [ConsumerRecord, ...]} of the ledger and households topics."""
-        async with self._lock:
-            await self._process_batch(batch)
+    def process_batch(self, batch: Mapping[Any, list]) -> Awaitable[bool]:
+        """One fetched batch: {TopicPartition: [ConsumerRecord, ...]} of the ledger and households
+        topics. Its ticket is taken at this call, when the transport hands it over; the awaitable
+        is False if a revocation began since (`BatchGate`)."""
+        return self.gate.run(self.gate.admit(), lambda: self._process_batch(batch))
 
     async def _process_batch(self, batch: Mapping[Any, list]) -> None:
         started = time.perf_counter()
@@ -154,15 +155,18 @@ class LedgerProcessor:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def settle(self) -> None:
-        """Return once no batch (nor expiry) is being decided or persisted."""
-        async with self._lock:
-            return
+        """At a revocation: return once no batch (nor expiry) is being decided or persisted, and
+        refuse any batch handed over before now."""
+        await self.gate.revoke()
 
     async def expire_pending(self) -> int:
         """Reversals that waited longer than the rulebook's wait for their original: dead-lettered
         as reversal_original_unknown and removed from the state (through the changelog), so a
-        replay of them after a fix is decided again. Returns how many."""
-        async with self._lock:
+        replay of them after a fix is decided again. Returns how many. Not during a rebalance:
+        the partitions may be on their way to another worker (the next tick does it)."""
+        async with self.gate.lock:
+            if getattr(self.app, "rebalancing", False):
+                return 0
             step = _Step(_now_us())
             for partition, waiting in list(self.state.pending.items()):
                 if partition not in self.state.partitions:
@@ -445,7 +449,8 @@ def create_app(stack: StackSettings, worker: WorkerSettings, reference: Referenc
     async def on_revoked(app_, revoked, **kwargs):
         # A rebalance pauses the flow but not a batch already being persisted. It finishes before
         # this worker rejoins the group: its changelog records are then in the log before another
-        # worker can be given the partitions, and that worker's rebuild reads them.
+        # worker can be given the partitions, and that worker's rebuild reads them. A batch handed
+        # over before now but not yet started is refused (BatchGate), for the same reason.
         await processor.settle()
 
     @app.on_partitions_assigned.connect

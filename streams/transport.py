@@ -26,7 +26,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BatchHandler = Callable[[Mapping[Any, list]], Awaitable[None]]
+BatchHandler = Callable[[Mapping[Any, list]], Awaitable[bool | None]]  # False: the batch was refused
 
 
 class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -75,15 +75,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 batch = {tp: recs for tp, recs in records.items() if recs and (active is None or tp in active)}
                 if not batch:
                     continue
-                generation = self.app.consumer_generation_id
-                try:
-                    await run_to_completion(handler(batch))
-                except asyncio.CancelledError:
-                    # a stop cancelled the fetcher after the batch was finished:
-                    # its offsets are committable all the same
-                    self._handled(batch, generation)
-                    raise
-                self._handled(batch, generation)
+                # handler(batch) is called here, with no await since the flow was seen active: a
+                # batch handed over before a revocation began is told apart from one after it
+                await run_to_completion(self._handle(handler(batch), batch, self.app.consumer_generation_id))
         except asyncio.CancelledError:
             if self.app.should_stop:
                 # The app is stopping: the fetcher ends as finished, not as cancelled. Faust takes
@@ -98,6 +92,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _handle(self, work: Awaitable[bool | None], batch: Mapping[Any, list], generation: int) -> None:
+        """Run the handler's work; a batch it did not refuse has its offsets marked done (also
+        when a stop cancelled the fetcher meanwhile: the work runs to its end either way)."""
+        if await work is not False:
+            self._handled(batch, generation)
 
     def _handled(self, batch: Mapping[Any, list], generation: int) -> None:
         """The batch's effects are acknowledged: its offsets may be committed, unless the
@@ -131,6 +131,38 @@ async def run_to_completion(work: Awaitable[T]) -> T:
                 continue
         task.result()
         raise
+
+
+class BatchGate:
+    """One batch (or timer's work) at a time, and no batch that was handed over before a
+    revocation began.
+
+    A rebalance stops the flow, but a batch fetched just before can be handed over and then wait
+    for the lock while the revocation handler settles. Run after it, that batch would decide and
+    append to changelogs of partitions the group is giving to another worker, which may already
+    have rebuilt their state. So `admit` takes a ticket when the batch is handed over, `revoke`
+    voids every ticket taken before it (and waits for the batch in hand), and `run` refuses a
+    batch whose ticket is void: its records are fetched again by their owner after the rebalance."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self._revocations = 0
+
+    def admit(self) -> int:
+        return self._revocations
+
+    async def revoke(self) -> None:
+        self._revocations += 1
+        async with self.lock:
+            return
+
+    async def run(self, ticket: int, work: Callable[[], Awaitable[None]]) -> bool:
+        async with self.lock:
+            if ticket != self._revocations:
+                log.info("a batch handed over before a revocation is left to the partitions' owner")
+                return False
+            await work()
+            return True
 
 
 class BatchTransport(faust_aiokafka.Transport):
