@@ -288,11 +288,7 @@ def _makers():
 def _direct_disbursement():
     """A flat reader (schemas.flat) of a current-schema DisbursementRecorded body straight into a
     Disbursement, built as `_record_maker` builds it; None where the schema is not flat."""
-    _makers()  # checks that the schema's fields are the record's, in order
-    names = tuple(Disbursement.__dataclass_fields__)
-    scope = {"new": object.__new__, "cls": Disbursement,
-             **{f"set_{n}": getattr(Disbursement, n).__set__ for n in names}}
-    body = "    o = new(cls)\n" + "".join(f"    set_{n}(o, v{i})\n" for i, n in enumerate(names)) + "    return o\n"
+    body, scope = _setting_body(Disbursement, DISBURSEMENT, lambda i, name: f"v{i}")
     try:
         return flat.reader(codec(DISBURSEMENT).schema, body, scope)
     except flat.NotFlat:
@@ -319,21 +315,28 @@ _HEX32 = re.compile(r"[0-9a-f]{32}").fullmatch
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 
 
-def _record_maker(cls, schema_name: str):
-    """A constructor for a frozen slots record from its decoded dict, at half the cost of the
+def _setting_body(cls, schema_name: str, value_of) -> tuple[str, dict]:
+    """Source lines that build a frozen slots record `cls` field by field, at half the cost of the
     generated __init__ (which pays an object.__setattr__ lookup and call per field): the decode of
-    the ledger topic is the largest single cost of the stream. It sets every field the schema has,
-    by name; the first decode fails if the schema and the record ever disagree, or if the record
-    gains a __post_init__ this would skip (checked by raising, so `python -O` keeps the check)."""
+    the ledger topic is the largest single cost of the stream. `value_of(i, name)` is the source
+    of field i's value. With the names the lines use. Raises if the schema's fields are not the
+    record's, in order, or if the record has a __post_init__ this would skip (checked by raising,
+    so `python -O` keeps the check)."""
     names = tuple(cls.__dataclass_fields__)
     if tuple(f["name"] for f in codec(schema_name).schema["fields"]) != names:
         raise TypeError(f"{schema_name}: schema fields differ from {cls.__name__}'s")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__ the record maker would skip")
-    setters = {f"set_{n}": getattr(cls, n).__set__ for n in names}
-    body = "".join(f"    set_{n}(o, d[{n!r}])\n" for n in names)
-    scope = {"new": object.__new__, "cls": cls, **setters}
-    exec(f"def make(d):\n    o = new(cls)\n{body}    return o\n", scope)  # noqa: S102 - names from the schema
+    body = "".join(f"    set_{n}(o, {value_of(i, n)})\n" for i, n in enumerate(names))
+    scope = {"new": object.__new__, "cls": cls, **{f"set_{n}": getattr(cls, n).__set__ for n in names}}
+    return f"    o = new(cls)\n{body}    return o\n", scope
+
+
+def _record_maker(cls, schema_name: str):
+    """A constructor for a frozen slots record from its decoded dict (`_setting_body`); the
+    first decode fails if the schema and the record ever disagree."""
+    body, scope = _setting_body(cls, schema_name, lambda i, name: f"d[{name!r}]")
+    exec(f"def make(d):\n{body}", scope)  # noqa: S102 - names from the schema
     return scope["make"]
 
 

@@ -112,9 +112,9 @@ def _unrolled(target: str, pad: str) -> str:
 def reader(schema: dict, build: str = "dict", scope: dict | None = None) -> Callable[[bytes, int], object]:
     """A function `read(data, start)` for a flat record schema (raises NotFlat otherwise).
 
-    `build` says what it returns: "dict" (field name to value, as fastavro gives), "tuple" (the
-    values in field order), or a body of source lines that use `v0`, `v1`, ... and end in a
-    `return` (names it uses come from `scope`)."""
+    `build` says what it returns: "dict" (field name to value, as fastavro gives), or a body of
+    source lines that use `v0`, `v1`, ... and end in a `return` (names it uses come from
+    `scope`)."""
     if schema.get("type") != "record":
         raise NotFlat("not a record")
     fields = schema["fields"]
@@ -137,8 +137,6 @@ def reader(schema: dict, build: str = "dict", scope: dict | None = None) -> Call
     names = [f["name"] for f in fields]
     if build == "dict":
         lines.append("    return {" + ", ".join(f"{n!r}: v{i}" for i, n in enumerate(names)) + "}\n")
-    elif build == "tuple":
-        lines.append("    return (" + "".join(f"v{i}, " for i in range(len(names))) + ")\n")
     else:
         lines.append(build)
     namespace = {"tail": varint_tail, **(scope or {})}
