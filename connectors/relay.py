@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import struct
 from collections import defaultdict
 
@@ -69,17 +68,16 @@ def murmur2(data: bytes) -> int:
 
 
 class KeyPartitioner:
-    """Kafka's default partitioner (murmur2 of the key, positive, modulo the partition count), so
-    every producer of the ledger topic agrees on where a person's records go; with the last
-    65,536 keys' hashes kept, since one person's payments come in runs."""
+    """Kafka's default partitioner for a keyed record (murmur2 of the key, positive, modulo the
+    partition count), so every producer of the ledger topic agrees on where a person's records
+    go; with the last 65,536 keys' hashes kept, since one person's payments come in runs. Every
+    outbox row has a key (the column is NOT NULL)."""
 
     def __init__(self, keep: int = 65_536):
         self._hashes: dict[bytes, int] = {}
         self._keep = keep
 
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return random.choice(available or all_partitions)  # noqa: S311 - spreading load, not secrecy
+    def __call__(self, key: bytes, all_partitions: list[int]) -> int:
         h = self._hashes.get(key)
         if h is None:
             if len(self._hashes) >= self._keep:
@@ -172,7 +170,7 @@ async def _send_batches(producer: AIOKafkaProducer, partitioner: KeyPartitioner,
             every = partitions.get(topic)
             if every is None:
                 every = partitions[topic] = sorted(await producer.partitions_for(topic))
-            partition = partitioner(key, every, every)
+            partition = partitioner(key, every)
         current = open_.get((topic, partition))
         if current is None:
             current = open_[(topic, partition)] = [producer.create_batch(), 0]

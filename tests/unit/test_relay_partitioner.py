@@ -29,9 +29,4 @@ def test_partitions_are_the_default_partitioners(keys, count):
     partitions = list(range(count))
     ours, default = KeyPartitioner(keep=7), DefaultPartitioner()
     for key in keys + keys:  # the second round comes from the kept hashes (or after a clear)
-        assert ours(key, partitions, partitions) == default(key, partitions, partitions)
-
-
-def test_a_keyless_record_goes_to_an_available_partition():
-    assert KeyPartitioner()(None, [0, 1, 2, 3], [2]) == 2
-    assert KeyPartitioner()(None, [0, 1], []) in (0, 1)
+        assert ours(key, partitions) == default(key, partitions, partitions)
