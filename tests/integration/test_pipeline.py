@@ -98,6 +98,24 @@ def test_totals_projection_equals_the_archive(stack, ingested):
     assert events == outbox
 
 
+def test_the_relay_records_where_each_ledger_partition_ends(stack, ingested):
+    """The relay sends record batches and keeps, per partition, the offset after the last record
+    the broker acknowledged (a batch's acknowledged offset is its first record's): what it kept is
+    the ledger topic's true end on every partition, which its check for a broker that lost its log
+    compares with."""
+    import asyncio
+
+    from infra.kafka import high_watermarks
+
+    ledger = stack.endpoints()["topics"]["ledger"]
+    with psycopg.connect(stack.database_url) as conn:
+        kept = dict(conn.execute("SELECT partition, next_offset FROM ledger.relay_offsets WHERE topic = %s",
+                                 (ledger,)).fetchall())
+    ends = asyncio.run(high_watermarks(stack.bootstrap, ledger, stack.stack.partitions))
+    assert kept == {p: end for p, end in ends.items() if end > 0}
+    assert sum(kept.values()) >= ingested["accepted"]  # the module's upload, spread over the partitions
+
+
 def test_no_clear_nik_leaves_intake(stack, ingested, dataset):
     niks = {r["nik"] for r in dataset.records if r["nik"]}
     digits16 = re.compile(rb"(?<![0-9])[0-9]{16}(?![0-9])")
