@@ -56,6 +56,11 @@ UNEVALUATED = Counter(
     "Payments accepted but not evaluated by the rules: their person or household already had more than the"
     " reference data's period_payments_max in the period (a placeholder NIK or KK)", ["stage"],
 )
+REWINDS = Counter(
+    "aidledger_worker_rewinds_total",
+    "Partitions set back to their committed offset because records fetched for them could not be handled then"
+    " (the flow stopped for a rebalance, or the partition was not active); they are read again",
+)
 RULEBOOK_ACTIVATIONS = Counter(
     "aidledger_worker_rulebook_activations_total", "Rulebook activations put in force, per ledger partition read",
     ["version"],

@@ -22,7 +22,10 @@ import logging
 from typing import Any, Awaitable, Callable, Mapping, Optional, TypeVar
 
 import faust
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,12 +71,18 @@ class BatchConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 records, active = await self._wait_next_records(1.0)
-                if not records or self.should_stop or not self.flow_active:
-                    # a rebalance stops the flow; Faust seeks to committed offsets afterwards,
-                    # so records skipped here are fetched again
+                if not records or self.should_stop:
                     continue
-                batch = {tp: recs for tp, recs in records.items() if recs and (active is None or tp in active)}
+                batch = {tp: recs for tp, recs in records.items() if recs}
                 if not batch:
+                    continue
+                if not self.flow_active or (active is not None and not batch.keys() <= active):
+                    # Records came that cannot be handled now: the flow stopped for a rebalance,
+                    # or a partition is not active. The consumer's position is already past
+                    # them, and the seek that ends a rebalance may have come before this fetch
+                    # (a fetch waits through a rebalance), so they are rewound here; else the
+                    # partition's later records would be handled and committed over them.
+                    await self._rewind(batch.keys())
                     continue
                 # handler(batch) is called here, with no await since the flow was seen active: a
                 # batch handed over before a revocation began is told apart from one after it
@@ -93,6 +102,22 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             raise
 
+    async def _rewind(self, partitions: Any) -> None:
+        """Set each of `partitions` still assigned here back to its committed offset (to the
+        start of the log if none was committed), so that everything not committed is read again;
+        the work is idempotent. A partition no longer assigned is read by its next owner from
+        the committed offset."""
+        thread = self._thread
+        try:
+            rewound = await thread.call_thread(_rewind_to_committed, thread._ensure_consumer(), set(partitions))
+        except Exception as exc:  # a consumer stopping or a group in flux: every reassignment resets positions too
+            log.warning("could not rewind %d partitions to their committed offsets: %r", len(partitions), exc)
+            return
+        metrics.REWINDS.inc(len(rewound))
+        if rewound:
+            log.info("fetched records not handled (flow stopped or partition inactive): %s rewound to their"
+                     " committed offsets", ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(rewound.items())))
+
     async def _handle(self, work: Awaitable[bool | None], batch: Mapping[Any, list], generation: int) -> None:
         """Run the handler's work; a batch it did not refuse has its offsets marked done (also
         when a stop cancelled the fetcher meanwhile: the work runs to its end either way)."""
@@ -108,6 +133,26 @@ class BatchConsumer(faust_aiokafka.Consumer):
             last = recs[-1].offset
             self._done[tp] = last + 1
             self._read_offset[tp] = last
+
+
+async def _rewind_to_committed(consumer: Any, partitions: set) -> dict:
+    """In the consumer's own thread: seek each assigned partition of `partitions` to its
+    committed offset, or to its beginning when nothing is committed (aiokafka's
+    `seek_to_committed` leaves those where they are). Returns {partition: offset sought}."""
+    rewound: dict = {}
+    for tp in sorted(TopicPartition(t, p) for t, p in partitions):
+        if tp not in consumer.assignment():
+            continue
+        committed = await consumer.committed(tp)
+        if tp not in consumer.assignment():  # reassigned meanwhile: the assignment reset the position
+            continue
+        if committed is not None and committed > 0:
+            consumer.seek(tp, committed)
+            rewound[tp] = committed
+        else:
+            await consumer.seek_to_beginning(tp)
+            rewound[tp] = 0
+    return rewound
 
 
 async def run_to_completion(work: Awaitable[T]) -> T:

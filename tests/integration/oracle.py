@@ -105,7 +105,18 @@ def check(stack, accepted: Accepted, *, timeout_s: float = 300) -> dict:
     keys, stream = changelog_state(stack)
     doubled = {k: n for k, n in keys.items() if n > 1}
     assert not doubled, f"{len(doubled)} keys in the worker state more than once, e.g. {list(doubled.items())[:3]}"
-    assert {(s, r) for _, s, r in keys} == expected.keys()
+    in_state = {(s, r) for _, s, r in keys}
+    lost, unknown = expected.keys() - in_state, in_state - expected.keys()
+    if lost:  # where they sit in the ledger, to read against the workers' logs
+        with psycopg.connect(stack.database_url) as conn:
+            where = sorted(conn.execute(
+                "SELECT partition, \"offset\" FROM ledger.events WHERE (source_system, source_ref) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                ([s for s, _ in lost], [r for _, r in lost])).fetchall())
+        runs = Counter(p for p, _ in where)
+        raise AssertionError(f"{len(lost)} accepted records missing from the worker state, e.g. {sorted(lost)[:3]};"
+                             f" per ledger partition {dict(sorted(runs.items()))}, first offsets {where[:10]}")
+    assert not unknown, f"{len(unknown)} records in the worker state that were not accepted, e.g. {sorted(unknown)[:3]}"
 
     recomputed = recomputed_totals(stack)
     assert stream == projected, _diff("stream", stream, "projection", projected)
