@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: install system-packages demo test lint test-unit test-integration bench bench-scale bench-replay bench-registries clean
+.PHONY: install system-packages demo test lint test-unit test-integration bench bench-scale bench-replay bench-registries bench-broker clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-replay: $(BENCH_STAMP)
 # (~10 minutes); ARGS="--people 20000" for a smoke run, --compare to time the in-memory report too
 bench-registries: $(BENCH_STAMP)
 	$(BIN)/python -m aidledger.bench_registries $(ARGS)
+
+# opt-in: the embedded broker's fetch cost against the record batches a partition holds (why the
+# alert latency grows after a long run); writes bench/results/broker.json
+bench-broker: $(BENCH_STAMP)
+	$(BIN)/python -m aidledger.bench_broker $(ARGS)
 
 clean:
 	rm -rf $(VENV) .aidledger *.egg-info .pytest_cache .hypothesis
