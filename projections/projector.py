@@ -73,7 +73,7 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
     consumer = AIOKafkaConsumer(
         bootstrap_servers=stack.kafka_bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
-        fetch_max_wait_ms=stack.fetch_max_wait_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
     await consumer.start()
     # Every call on the connection runs on this one thread, and the connection is closed only
