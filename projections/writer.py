@@ -476,14 +476,9 @@ def _project_alerts(cur: psycopg.Cursor, records: Sequence[Record], stats: Batch
         stats.alert_latencies_ms.append((a.raised_at_us - a.trigger_recorded_at_us) / 1000.0)
     params = []
     for a in latest.values():
-        lines = orjson.dumps(
-            [
-                {"event_id": ln.event_id, "source_system": ln.source_system, "source_ref": ln.source_ref,
-                 "amount_idr": ln.amount_idr, "disbursed_at_us": ln.disbursed_at_us,
-                 "programme_code": ln.programme_code, "person_token": ln.person_token, "source_type": ln.source_type}
-                for ln in a.lines  # type: ignore[attr-defined]
-            ]
-        ).decode()
+        # orjson writes each AlertLine dataclass as an object of its fields, in their order, with no
+        # dict built per line: a case's lines grow with its payments, and a batch holds many cases
+        lines = orjson.dumps(a.lines).decode()  # type: ignore[attr-defined]
         params.append(
             (
                 a.alert_id, a.revision, a.rule_id, a.rulebook_version, a.outcome_code, a.subject_kind,  # type: ignore[attr-defined]

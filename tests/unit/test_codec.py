@@ -328,3 +328,18 @@ def test_a_ledger_value_with_a_malformed_id_or_digest_is_a_named_error(field, ba
     value = codec.encode_disbursement(replace(disbursement(), **{field: bad}))
     (item,) = codec.decode_ledger_values([value])
     assert isinstance(item, CodecError) and item.code == "avro_body_malformed"
+
+
+def test_an_alert_line_is_projected_as_exactly_its_eight_named_fields():
+    """The projector writes `ledger.alerts.lines` with orjson straight from the AlertLine
+    dataclasses; the JSON keys are the dataclass's fields, so a field added there would change
+    every stored case. This pins them."""
+    import orjson
+
+    from aidcore.ledger import AlertLine
+
+    line = AlertLine("e1", "SIKS-NG", "REF-1", 300_000, 1_767_225_600_000_000, "PKH", "ab" * 16, "GOVERNMENT")
+    assert orjson.loads(orjson.dumps((line,))) == [{
+        "event_id": "e1", "source_system": "SIKS-NG", "source_ref": "REF-1", "amount_idr": 300_000,
+        "disbursed_at_us": 1_767_225_600_000_000, "programme_code": "PKH", "person_token": "ab" * 16,
+        "source_type": "GOVERNMENT"}]
