@@ -81,7 +81,7 @@ class ProjectorSettings(_Group):
 
     metrics_port: int = _setting("AIDLEDGER_PROJECTOR_METRICS_PORT", 9611, "Prometheus /metrics of the projector")
     batch_max: int = _setting("AIDLEDGER_PROJECTOR_BATCH_MAX", 20000, "most records written in one transaction")
-    fetch_max_wait_ms: int = _setting("AIDLEDGER_PROJECTOR_FETCH_MAX_WAIT_MS", 200, "longest the projector's fetch waits at the broker: no alert waits on the projector, and every fetch that returns records costs the embedded broker a listing of each partition's stored batches")
+    fetch_max_wait_ms: int = _setting("AIDLEDGER_PROJECTOR_FETCH_MAX_WAIT_MS", 200, "longest the projector's fetch waits at the broker: alerts on the alerts topic do not wait for it, the dashboard's live feed (which reads the projection) by up to this much; every fetch that returns records costs the embedded broker a listing of each partition's stored batches")
     table_stats_interval_s: float = _setting("AIDLEDGER_PROJECTOR_TABLE_STATS_INTERVAL_S", 15.0, "how often the projector reads the projection tables' sizes from PostgreSQL's statistics for /metrics")
 
 
