@@ -29,12 +29,6 @@ SIZES = (100, 1_000, 5_000, 20_000)
 TOPIC = "broker-probe"
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _fill(producer, upto: int, stored: int) -> int:
     """Append one-record batches until the partition holds `upto` of them."""
     while stored < upto:
@@ -53,6 +47,8 @@ async def _fetch_last(bootstrap: str, pid: int, stored: int, fetches: int) -> tu
     """Median wall ms and mean broker-CPU ms of fetching the partition's last batch."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from aidledger.bench_scale import _tree_cpu_seconds
+
     tp = TopicPartition(TOPIC, 0)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 fetch_max_wait_ms=10)
@@ -60,7 +56,7 @@ async def _fetch_last(bootstrap: str, pid: int, stored: int, fetches: int) -> tu
     try:
         consumer.assign([tp])
         walls = []
-        cpu0 = _cpu_seconds(pid)
+        cpu0 = _tree_cpu_seconds(pid)
         for _ in range(fetches):
             consumer.seek(tp, stored - 1)
             t0 = time.perf_counter()
@@ -70,7 +66,7 @@ async def _fetch_last(bootstrap: str, pid: int, stored: int, fetches: int) -> tu
             else:
                 raise RuntimeError("the broker returned no record for the last offset")
             walls.append(time.perf_counter() - t0)
-        return statistics.median(walls) * 1000, (_cpu_seconds(pid) - cpu0) / fetches * 1000
+        return statistics.median(walls) * 1000, (_tree_cpu_seconds(pid) - cpu0) / fetches * 1000
     finally:
         await consumer.stop()
 
