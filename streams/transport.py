@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, Awaitable, Callable, Mapping, Optional, TypeVar
 
 import faust
@@ -29,6 +30,8 @@ from streams import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+EXIT_UNREWOUND = 75  # EX_TEMPFAIL, as for a failed persist: the supervisor restarts the worker
+_exit = os._exit  # the process ends at once: no later fetch may be handled or committed
 BatchHandler = Callable[[Mapping[Any, list]], Awaitable[bool | None]]  # False: the batch was refused
 
 
@@ -110,8 +113,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
         thread = self._thread
         try:
             rewound = await thread.call_thread(_rewind_to_committed, thread._ensure_consumer(), set(partitions))
-        except Exception as exc:  # a consumer stopping or a group in flux: every reassignment resets positions too
-            log.warning("could not rewind %d partitions to their committed offsets: %r", len(partitions), exc)
+        except Exception as exc:
+            if self.should_stop or self.app.should_stop:  # stopping: the next owner reads from the committed offset
+                log.info("stopping; %d partitions not rewound: %r", len(partitions), exc)
+                return
+            # Left where it is, a partition's later records would be handled and committed over
+            # the ones skipped; a restart reads every partition from its committed offset.
+            log.exception("could not rewind %d partitions to their committed offsets; exiting so that no record"
+                          " past them is committed", len(partitions))
+            _exit(EXIT_UNREWOUND)
             return
         metrics.REWINDS.inc(len(rewound))
         if rewound:

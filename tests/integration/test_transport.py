@@ -6,7 +6,8 @@ read from the committed offsets; when they arrive after the seek that ends the r
 while the flow is still stopped, the consumer's position is already past them. Handled later,
 the partition's next records would be committed over them. Here the flow is stopped while a fetch
 waits (what a rebalance does), records arrive, and the flow resumes: every record must reach the
-handler, and the rewind must be counted.
+handler, and the rewind must be counted. A rewind that fails ends the process (a restart reads
+from the committed offsets), unless the worker is stopping anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from prometheus_client import REGISTRY
 from infra.embedded import free_port, start_broker
 from infra.kafka import create_topics
 from schemas.topics import TopicSpec
-from streams.transport import LedgerApp
+from streams import transport
+from streams.transport import EXIT_UNREWOUND, LedgerApp
 
 TOPIC = "transport-in"
 PARTITIONS = 2
@@ -36,6 +38,18 @@ def bootstrap(tmp_path_factory):
         yield broker.endpoint
     finally:
         broker.stop()
+
+
+def _app(bootstrap: str, tmp_path, group: str, handler) -> LedgerApp:
+    app = LedgerApp(group, broker=f"kafka://{bootstrap}", store="memory://",
+                    datadir=str(tmp_path / "data"), topic_allow_declare=False, web_enabled=False,
+                    broker_commit_interval=0.2, consumer_auto_offset_reset="earliest",
+                    broker_session_timeout=6, broker_rebalance_timeout=6, broker_heartbeat_interval=1.0)
+    app.fetch_max_wait_ms = 25
+    app.batch_handler = handler
+    app.topics.add(app.topic(TOPIC, key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw", partitions=PARTITIONS))
+    return app
 
 
 def _rewinds() -> float:
@@ -65,14 +79,7 @@ def test_records_fetched_while_the_flow_is_stopped_are_read_again(bootstrap, tmp
             sent.add((meta.partition, meta.offset))
 
     async def main() -> None:
-        app = LedgerApp("transport-test", broker=f"kafka://{bootstrap}", store="memory://",
-                        datadir=str(tmp_path / "data"), topic_allow_declare=False, web_enabled=False,
-                        broker_commit_interval=0.2, consumer_auto_offset_reset="earliest",
-                        broker_session_timeout=6, broker_rebalance_timeout=6, broker_heartbeat_interval=1.0)
-        app.fetch_max_wait_ms = 25
-        app.batch_handler = handler
-        app.topics.add(app.topic(TOPIC, key_type=bytes, value_type=bytes, key_serializer="raw",
-                                 value_serializer="raw", partitions=PARTITIONS))
+        app = _app(bootstrap, tmp_path, "transport-test", handler)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         await producer.start()
         await app.start()
@@ -95,6 +102,48 @@ def test_records_fetched_while_the_flow_is_stopped_are_read_again(bootstrap, tmp
             await asyncio.sleep(0.3)
             assert sent - set(handled) == set(), f"records never handled: {sorted(sent - set(handled))}"
             assert _rewinds() > before, "no fetch returned records while the flow was stopped"
+        finally:
+            await app.stop()
+            await producer.stop()
+
+    asyncio.run(main())
+
+
+def test_a_rewind_that_fails_ends_the_process(bootstrap, tmp_path, monkeypatch):
+    """The consumer cannot seek back (here: the committed-offset read fails): the worker must not
+    go on handling the partition's later records, so it exits with EXIT_UNREWOUND and its restart
+    reads from the committed offsets. The exit is recorded instead of taken."""
+    exits: list[int] = []
+    handled: list[int] = []
+
+    async def failing_rewind(consumer, partitions):
+        raise ConnectionError("the broker went away mid-rewind")
+
+    monkeypatch.setattr(transport, "_rewind_to_committed", failing_rewind)
+    monkeypatch.setattr(transport, "_exit", exits.append)
+
+    async def handler(batch):
+        handled.extend(r.offset for records in batch.values() for r in records)
+        return True
+
+    async def main() -> None:
+        app = _app(bootstrap, tmp_path, "transport-test-exit", handler)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        await app.start()
+        try:
+            await producer.send_and_wait(TOPIC, b"v", partition=0)
+            await _until(lambda: bool(handled), 60, "a first record to be handled")
+            for _ in range(3):
+                await asyncio.sleep(0.5)
+                app.consumer.stop_flow()
+                for i in range(10):
+                    await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
+                await asyncio.sleep(0.5)
+                if exits:
+                    break
+                app.consumer.resume_flow()
+            assert exits == [EXIT_UNREWOUND], f"a failed rewind did not end the process: {exits}"
         finally:
             await app.stop()
             await producer.stop()
