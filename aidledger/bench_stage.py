@@ -151,7 +151,7 @@ def time_processes(commands: list[tuple[list[str], dict, str]], metric: str, tar
 
 def detection_stage(events: int = 200_000, tokens: int = 50_000, partitions: int = 8, seed: int = 7,
                     baseline_events: int = 20_000) -> dict:
-    from aidledger.bench import raw_ceiling
+    from aidledger.bench import raw_ceiling_apart
 
     with tempfile.TemporaryDirectory(prefix="aidledger-stage-") as tmp:
         home = Path(tmp)
@@ -169,7 +169,8 @@ def detection_stage(events: int = 200_000, tokens: int = 50_000, partitions: int
             t = time.perf_counter()
             asyncio.run(produce(broker.endpoint, specs["ledger"].name, data))
             produce_s = time.perf_counter() - t
-            ceiling = asyncio.run(raw_ceiling(broker.endpoint, specs["ledger"].name, partitions))
+            del data
+            ceiling = raw_ceiling_apart(broker.endpoint, specs["ledger"].name, partitions)
             workers = {}
             for n in (1, 2):
                 commands = []
@@ -197,6 +198,7 @@ def detection_stage(events: int = 200_000, tokens: int = 50_000, partitions: int
         "events": events, "tokens": tokens, "partitions": partitions,
         "produce_events_per_s": events / produce_s,
         "raw_ceiling_events_per_s": ceiling["events_per_s"],
+        "raw_ceiling_events": ceiling["events"],
         "worker_events_per_s": worker["events_per_s"],
         "worker_seconds": worker["seconds"],
         "two_workers_events_per_s": workers[2]["events_per_s"],
