@@ -149,3 +149,77 @@ def test_a_rewind_that_fails_ends_the_process(bootstrap, tmp_path, monkeypatch):
             await producer.stop()
 
     asyncio.run(main())
+
+
+def test_a_revocation_waits_for_the_batch_in_hand_and_nothing_is_lost(bootstrap, tmp_path):
+    """Two apps in one group, the first holding each batch 3 s (what a slow persist does): when the
+    second joins, the first's revocation returns only after the batch in hand has ended, no batch
+    of the first starts between the revocation's start and the new assignment, and every record is
+    handled by one of them."""
+    from streams.transport import BatchGate
+
+    events: list[tuple[str, str, float]] = []  # (app, what, when)
+    handled: dict[str, list[tuple[int, int]]] = {"a": [], "b": []}
+    sent: set[tuple[int, int]] = set()
+    gate = BatchGate()
+
+    async def slow_work(batch):
+        events.append(("a", "batch-start", time.monotonic()))
+        await asyncio.sleep(3.0)  # longer than the second app's join and a heartbeat of the first
+        handled["a"].extend((tp.partition, r.offset) for tp, records in batch.items() for r in records)
+        events.append(("a", "batch-end", time.monotonic()))
+
+    def handler_a(batch):
+        return gate.run(gate.admit(), lambda: slow_work(batch))
+
+    async def handler_b(batch):
+        handled["b"].extend((tp.partition, r.offset) for tp, records in batch.items() for r in records)
+        return True
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+
+    async def main() -> None:
+        a = _app(bootstrap, tmp_path / "a", "transport-test-settle", handler_a)
+        b = _app(bootstrap, tmp_path / "b", "transport-test-settle", handler_b)
+
+        @a.on_partitions_revoked.connect
+        async def on_revoked(app_, revoked, **kwargs):
+            events.append(("a", "revoke-start", time.monotonic()))
+            await gate.revoke()
+            events.append(("a", "revoke-end", time.monotonic()))
+
+        @a.on_partitions_assigned.connect
+        async def on_assigned(app_, assigned, **kwargs):
+            events.append(("a", "assigned", time.monotonic()))
+
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        await a.start()
+        try:
+            for i in range(40):
+                meta = await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
+                sent.add((meta.partition, meta.offset))
+            await _until(lambda: any(w == "batch-start" for _, w, _ in events), 60, "a first slow batch")
+            await _until(lambda: events[-1][1] == "batch-start", 10, "a slow batch in hand")
+            await b.start()  # joins the group while a batch of the first app is in hand
+            await _until(lambda: sum(w == "assigned" for _, w, _ in events) >= 2, 60, "the rebalance")
+            for i in range(40):
+                meta = await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
+                sent.add((meta.partition, meta.offset))
+            await _until(lambda: set(handled["a"]) | set(handled["b"]) >= sent, 60, "every record to be handled")
+        finally:
+            await b.stop()
+            await a.stop()
+            await producer.stop()
+
+    asyncio.run(main())
+    what = [w for _, w, _ in events]
+    revoked_at = what.index("revoke-start", what.index("assigned") + 1)
+    ended_at = what.index("revoke-end", revoked_at)
+    in_hand = what[:revoked_at].count("batch-start") - what[:revoked_at].count("batch-end")
+    assert in_hand == 1, f"no batch was in hand when the revocation began: {what}"
+    assert "batch-end" in what[revoked_at:ended_at], f"the revocation returned before the batch in hand ended: {what}"
+    reassigned_at = what.index("assigned", ended_at)
+    assert "batch-start" not in what[revoked_at:reassigned_at], f"a batch started during the revocation: {what}"
+    assert set(handled["b"]), "the second app was given no partition"
