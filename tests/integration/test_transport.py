@@ -223,3 +223,72 @@ def test_a_revocation_waits_for_the_batch_in_hand_and_nothing_is_lost(bootstrap,
     reassigned_at = what.index("assigned", ended_at)
     assert "batch-start" not in what[revoked_at:reassigned_at], f"a batch started during the revocation: {what}"
     assert set(handled["b"]), "the second app was given no partition"
+
+
+def test_a_batch_handed_over_before_a_revocation_is_refused_and_read_again(bootstrap, tmp_path):
+    """The reversal expiry timer holds the gate (here: the test holds its lock) when a batch is
+    handed over; a second app joins, and the revocation begins while the batch waits. Released,
+    the batch must be refused, not decided (its partitions may be rebuilt elsewhere already), and
+    its records handled after the rebalance by whichever app owns them."""
+    from streams.transport import BatchGate
+
+    gate = BatchGate()
+    handled: list[tuple[int, int]] = []
+    refused: list[tuple[int, int]] = []
+    sent: set[tuple[int, int]] = set()
+    revoking = asyncio.Event()
+
+    def handler_a(batch):
+        ticket = gate.admit()  # at hand-over, as LedgerProcessor.process_batch takes it
+
+        async def work():
+            handled.extend((tp.partition, r.offset) for tp, records in batch.items() for r in records)
+
+        async def go():
+            ok = await gate.run(ticket, work)
+            if not ok:
+                refused.extend((tp.partition, r.offset) for tp, records in batch.items() for r in records)
+            return ok
+        return go()
+
+    async def handler_b(batch):
+        handled.extend((tp.partition, r.offset) for tp, records in batch.items() for r in records)
+        return True
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+
+    async def main() -> None:
+        a = _app(bootstrap, tmp_path / "a", "transport-test-refuse", handler_a)
+        b = _app(bootstrap, tmp_path / "b", "transport-test-refuse", handler_b)
+
+        @a.on_partitions_revoked.connect
+        async def on_revoked(app_, revoked, **kwargs):
+            revoking.set()
+            await gate.revoke()
+
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        await a.start()
+        try:
+            await producer.send_and_wait(TOPIC, b"v", partition=0)
+            await _until(lambda: bool(handled), 60, "a first record to be handled")
+            await asyncio.sleep(0.5)  # the first rebalance is over; its revocation has returned
+            revoking.clear()
+            async with gate.lock:  # what the expiry timer does while it works
+                for i in range(20):
+                    meta = await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
+                    sent.add((meta.partition, meta.offset))
+                await asyncio.sleep(0.5)  # fetched and handed over; waiting for the gate
+                joining = asyncio.ensure_future(b.start())  # its join waits for the first app's revocation
+                await asyncio.wait_for(revoking.wait(), 60)
+            await joining
+            await _until(lambda: set(handled) >= sent, 60, "every record to be handled after the rebalance")
+        finally:
+            await b.stop()
+            await a.stop()
+            await producer.stop()
+
+    asyncio.run(main())
+    assert refused, "no batch was waiting at the gate when the revocation began"
+    assert set(refused) <= set(handled), "a refused record was never handled by its owner"
