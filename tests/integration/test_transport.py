@@ -13,6 +13,7 @@ from the committed offsets), unless the worker is stopping anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -52,6 +53,27 @@ def _app(bootstrap: str, tmp_path, group: str, handler) -> LedgerApp:
     return app
 
 
+@contextlib.asynccontextmanager
+async def _running(bootstrap: str, first: LedgerApp, *later: LedgerApp):
+    """A producer and `first`, started; on leaving, the `later` apps (the test starts them), `first`
+    and the producer are stopped."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await first.start()
+    try:
+        yield producer
+    finally:
+        for app in (*later, first):
+            await app.stop()
+        await producer.stop()
+
+
+async def _send(producer: AIOKafkaProducer, n: int, sent: set) -> None:
+    for i in range(n):
+        meta = await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
+        sent.add((meta.partition, meta.offset))
+
+
 def _rewinds() -> float:
     return REGISTRY.get_sample_value("aidledger_worker_rewinds_total") or 0.0
 
@@ -73,27 +95,19 @@ def test_records_fetched_while_the_flow_is_stopped_are_read_again(bootstrap, tmp
             handled.extend((tp.partition, r.offset) for r in records)
         return True
 
-    async def send(producer, n: int) -> None:
-        for i in range(n):
-            meta = await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
-            sent.add((meta.partition, meta.offset))
-
     async def main() -> None:
         app = _app(bootstrap, tmp_path, "transport-test", handler)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await producer.start()
-        await app.start()
-        try:
-            await send(producer, 20)
+        async with _running(bootstrap, app) as producer:
+            await _send(producer, 20, sent)
             await _until(lambda: set(handled) >= sent, 60, "the first records to be handled")
             before = _rewinds()
             for _ in range(3):  # the stop must land while a fetch waits; it almost always does
                 await asyncio.sleep(0.5)  # committed, and the fetcher is back in a fetch
                 app.consumer.stop_flow()
-                await send(producer, 10)
+                await _send(producer, 10, sent)
                 await asyncio.sleep(0.5)  # the waiting fetch returns them, with the flow stopped
                 app.consumer.resume_flow()
-                await send(producer, 4)
+                await _send(producer, 4, sent)
                 await _until(lambda: max(o for p, o in handled if p == 0) >= max(o for p, o in sent if p == 0)
                              and max(o for p, o in handled if p == 1) >= max(o for p, o in sent if p == 1),
                              30, "the records sent after the flow resumed")
@@ -102,9 +116,6 @@ def test_records_fetched_while_the_flow_is_stopped_are_read_again(bootstrap, tmp
             await asyncio.sleep(0.3)
             assert sent - set(handled) == set(), f"records never handled: {sorted(sent - set(handled))}"
             assert _rewinds() > before, "no fetch returned records while the flow was stopped"
-        finally:
-            await app.stop()
-            await producer.stop()
 
     asyncio.run(main())
 
@@ -128,25 +139,18 @@ def test_a_rewind_that_fails_ends_the_process(bootstrap, tmp_path, monkeypatch):
 
     async def main() -> None:
         app = _app(bootstrap, tmp_path, "transport-test-exit", handler)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await producer.start()
-        await app.start()
-        try:
-            await producer.send_and_wait(TOPIC, b"v", partition=0)
+        async with _running(bootstrap, app) as producer:
+            await _send(producer, 1, set())
             await _until(lambda: bool(handled), 60, "a first record to be handled")
             for _ in range(3):
                 await asyncio.sleep(0.5)
                 app.consumer.stop_flow()
-                for i in range(10):
-                    await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
+                await _send(producer, 10, set())
                 await asyncio.sleep(0.5)
                 if exits:
                     break
                 app.consumer.resume_flow()
             assert exits == [EXIT_UNREWOUND], f"a failed rewind did not end the process: {exits}"
-        finally:
-            await app.stop()
-            await producer.stop()
 
     asyncio.run(main())
 
@@ -193,25 +197,14 @@ def test_a_revocation_waits_for_the_batch_in_hand_and_nothing_is_lost(bootstrap,
         async def on_assigned(app_, assigned, **kwargs):
             events.append(("a", "assigned", time.monotonic()))
 
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await producer.start()
-        await a.start()
-        try:
-            for i in range(40):
-                meta = await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
-                sent.add((meta.partition, meta.offset))
+        async with _running(bootstrap, a, b) as producer:
+            await _send(producer, 40, sent)
             await _until(lambda: any(w == "batch-start" for _, w, _ in events), 60, "a first slow batch")
             await _until(lambda: events[-1][1] == "batch-start", 10, "a slow batch in hand")
             await b.start()  # joins the group while a batch of the first app is in hand
             await _until(lambda: sum(w == "assigned" for _, w, _ in events) >= 2, 60, "the rebalance")
-            for i in range(40):
-                meta = await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
-                sent.add((meta.partition, meta.offset))
+            await _send(producer, 40, sent)
             await _until(lambda: set(handled["a"]) | set(handled["b"]) >= sent, 60, "every record to be handled")
-        finally:
-            await b.stop()
-            await a.stop()
-            await producer.stop()
 
     asyncio.run(main())
     what = [w for _, w, _ in events]
@@ -267,27 +260,18 @@ def test_a_batch_handed_over_before_a_revocation_is_refused_and_read_again(boots
             revoking.set()
             await gate.revoke()
 
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await producer.start()
-        await a.start()
-        try:
-            await producer.send_and_wait(TOPIC, b"v", partition=0)
+        async with _running(bootstrap, a, b) as producer:
+            await _send(producer, 1, set())
             await _until(lambda: bool(handled), 60, "a first record to be handled")
             await asyncio.sleep(0.5)  # the first rebalance is over; its revocation has returned
             revoking.clear()
             async with gate.lock:  # what the expiry timer does while it works
-                for i in range(20):
-                    meta = await producer.send_and_wait(TOPIC, b"v", partition=i % PARTITIONS)
-                    sent.add((meta.partition, meta.offset))
+                await _send(producer, 20, sent)
                 await asyncio.sleep(0.5)  # fetched and handed over; waiting for the gate
                 joining = asyncio.ensure_future(b.start())  # its join waits for the first app's revocation
                 await asyncio.wait_for(revoking.wait(), 60)
             await joining
             await _until(lambda: set(handled) >= sent, 60, "every record to be handled after the rebalance")
-        finally:
-            await b.stop()
-            await a.stop()
-            await producer.stop()
 
     asyncio.run(main())
     assert refused, "no batch was waiting at the gate when the revocation began"
