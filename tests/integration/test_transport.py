@@ -274,5 +274,5 @@ def test_a_batch_handed_over_before_a_revocation_is_refused_and_read_again(boots
             await _until(lambda: set(handled) >= sent, 60, "every record to be handled after the rebalance")
 
     asyncio.run(main())
-    assert refused, "no batch was waiting at the gate when the revocation began"
+    assert refused, "no batch was refused (none waited at the gate, or the gate let it run after the revocation)"
     assert set(refused) <= set(handled), "a refused record was never handled by its owner"
