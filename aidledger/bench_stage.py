@@ -169,7 +169,6 @@ def detection_stage(events: int = 200_000, tokens: int = 50_000, partitions: int
             t = time.perf_counter()
             asyncio.run(produce(broker.endpoint, specs["ledger"].name, data))
             produce_s = time.perf_counter() - t
-            del data
             ceiling = raw_ceiling_apart(broker.endpoint, specs["ledger"].name, partitions)
             workers = {}
             for n in (1, 2):

@@ -31,7 +31,7 @@ from schemas.topics import declared_topics
 from streams import metrics
 from streams.household import HouseholdState, household_partition
 from streams.state import LedgerState, delta_records, removal, store, view
-from streams.transport import BatchGate, LedgerApp, run_to_completion
+from streams.transport import EXIT_TEMPFAIL, BatchGate, LedgerApp, run_to_completion
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class LedgerProcessor:
                 await fut
         except BaseException:
             log.exception("persisting a batch failed; exiting so that no unpersisted event is committed")
-            os._exit(75)
+            os._exit(EXIT_TEMPFAIL)
         for partition, _, changed in step.deltas:
             store(self.state.partitions[partition], changed)
         for partition, changed in step.household_changes:

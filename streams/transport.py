@@ -30,7 +30,9 @@ from streams import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-EXIT_UNREWOUND = 75  # EX_TEMPFAIL, as for a failed persist: the supervisor restarts the worker
+# EX_TEMPFAIL: the worker cannot go on without committing past records it did not decide (a failed
+# persist or rewind); the supervisor restarts it, and the restart reads from the committed offsets
+EXIT_TEMPFAIL = 75
 _exit = os._exit  # the process ends at once: no later fetch may be handled or committed
 BatchHandler = Callable[[Mapping[Any, list]], Awaitable[bool | None]]  # False: the batch was refused
 
@@ -121,7 +123,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             # the ones skipped; a restart reads every partition from its committed offset.
             log.exception("could not rewind %d partitions to their committed offsets; exiting so that no record"
                           " past them is committed", len(partitions))
-            _exit(EXIT_UNREWOUND)
+            _exit(EXIT_TEMPFAIL)
             return
         metrics.REWINDS.inc(len(rewound))
         if rewound:

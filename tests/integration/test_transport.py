@@ -24,7 +24,7 @@ from infra.embedded import free_port, start_broker
 from infra.kafka import create_topics
 from schemas.topics import TopicSpec
 from streams import transport
-from streams.transport import EXIT_UNREWOUND, LedgerApp
+from streams.transport import EXIT_TEMPFAIL, BatchGate, LedgerApp
 
 TOPIC = "transport-in"
 PARTITIONS = 2
@@ -122,7 +122,7 @@ def test_records_fetched_while_the_flow_is_stopped_are_read_again(bootstrap, tmp
 
 def test_a_rewind_that_fails_ends_the_process(bootstrap, tmp_path, monkeypatch):
     """The consumer cannot seek back (here: the committed-offset read fails): the worker must not
-    go on handling the partition's later records, so it exits with EXIT_UNREWOUND and its restart
+    go on handling the partition's later records, so it exits with EXIT_TEMPFAIL and its restart
     reads from the committed offsets. The exit is recorded instead of taken."""
     exits: list[int] = []
     handled: list[int] = []
@@ -150,7 +150,7 @@ def test_a_rewind_that_fails_ends_the_process(bootstrap, tmp_path, monkeypatch):
                 if exits:
                     break
                 app.consumer.resume_flow()
-            assert exits == [EXIT_UNREWOUND], f"a failed rewind did not end the process: {exits}"
+            assert exits == [EXIT_TEMPFAIL], f"a failed rewind did not end the process: {exits}"
 
     asyncio.run(main())
 
@@ -160,8 +160,6 @@ def test_a_revocation_waits_for_the_batch_in_hand_and_nothing_is_lost(bootstrap,
     second joins, the first's revocation returns only after the batch in hand has ended, no batch
     of the first starts between the revocation's start and the new assignment, and every record is
     handled by one of them."""
-    from streams.transport import BatchGate
-
     events: list[tuple[str, str, float]] = []  # (app, what, when)
     handled: dict[str, list[tuple[int, int]]] = {"a": [], "b": []}
     sent: set[tuple[int, int]] = set()
@@ -223,8 +221,6 @@ def test_a_batch_handed_over_before_a_revocation_is_refused_and_read_again(boots
     handed over; a second app joins, and the revocation begins while the batch waits. Released,
     the batch must be refused, not decided (its partitions may be rebuilt elsewhere already), and
     its records handled after the rebalance by whichever app owns them."""
-    from streams.transport import BatchGate
-
     gate = BatchGate()
     handled: list[tuple[int, int]] = []
     refused: list[tuple[int, int]] = []
