@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -48,6 +49,12 @@ TABLE_BYTES = Gauge(
     "aidledger_projection_table_bytes", "Size on disk of each table in the ledger schema, with its indexes and TOAST",
     ["table"],
 )
+PYTHON_BLOCKS = Gauge(
+    "aidledger_projector_python_objects",
+    "Python objects alive in the projector (sys.getallocatedblocks): what a leak of objects grows. Its resident "
+    "memory also keeps the allocator's arenas that a backlog's large batches touched, while any object lives in them",
+)
+PYTHON_BLOCKS.set_function(sys.getallocatedblocks)
 # PostgreSQL's cumulative statistics, not count(*): a catalogue read, the same cost at any size
 TABLE_STATS_SQL = """
     SELECT schemaname || '.' || relname, n_live_tup, pg_total_relation_size(relid)

@@ -1,5 +1,6 @@
 """A long run at a steady rate with the memory of every process sampled: after warm-up no process
-grows beyond 10%, and at the end the oracle holds for everything the gateway acknowledged.
+grows beyond its bound (10%, with the exceptions below), and at the end the oracle holds for
+everything the gateway acknowledged.
 
 Ten minutes in CI (about 180,000 records at 300 a second through the gateway, on the embedded
 stack with two workers); AIDLEDGER_TEST_SOAK_MINUTES runs it longer, AIDLEDGER_TEST_SOAK_RATE_PER_S at
@@ -9,6 +10,15 @@ What is measured is each process's resident memory less its shared memory (VmRSS
 from /proc/<pid>/status): PostgreSQL's shared buffer pool is shared memory, bounded by
 shared_buffers, and shows in the RSS of every backend that touched a page of it; counted, it would
 report the cache filling up as growth.
+
+The projection database is held up twice, as a checkpoint, a vacuum or a failover would: each
+time the projector's writes wait STALL_S seconds (a lock on its tracking table), and it then
+catches up a backlog of thousands of records in larger batches. The first stall is in the
+warm-up: memory that the largest batches touch stays mapped (CPython's small-object allocator
+keeps an arena while any object lives in it), so a process's high-water mark includes its
+backlogs. The second is in the measured part, and must not move any process beyond its bound. The
+projector, which catches up the backlog, is held on its live Python objects to 10% (a leak grows
+them) and on its resident memory to 10% plus the arenas a backlog can leave mapped (ARENAS_KIB).
 
 A worker's state holds every payment by design, so a worker is judged on two figures, both read at
 each sample: its memory other than its state (VmRSS - RssShmem less the state's own bytes, from its
@@ -27,6 +37,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
 from conftest import Cli, stack_environ, wait_until
 from gateway_client import batch, call, issued_key, nik, record
@@ -51,9 +62,19 @@ BROKER_KIB_PER_RECORD_MAX = 8.0  # measured 3.0: each record is on the ledger, h
 PERSON_STATE_BYTES_PER_PAYMENT_MAX = 67
 HOUSEHOLD_STATE_BYTES_PER_POSTING_MAX = 60
 SMALL_KIB = 2048
+# The projector keeps nothing from one batch to the next, so what its resident memory gains is the
+# allocator's: CPython keeps a 1 MiB arena mapped while any object lives in it, and the large
+# batches of a backlog touch several. Measured after a 5 s stall of its database: 3-4 MiB, the same
+# whether the backlog is written in batches of 20,000 records or of 1,000; a second stall later in
+# the run, with more alerts a record, can add as much again. So the projector's live objects are
+# held to GROWTH_MAX (a leak grows them), and its resident memory to GROWTH_MAX plus ARENAS_KIB.
+ARENAS_KIB = 4096
+STALL_S = 5.0
+STALLS_AT = (WARM_UP_S / 3, MINUTES * 60 * 0.6)  # one in the warm-up, one in the measured part
 STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 # what each sample reads from a worker's /metrics: the state's bytes and the decisions that made them
 WORKER_SAMPLES = {
+    "python_blocks": "aidledger_projector_python_objects",  # the projector's only
     "person_state_bytes": 'aidledger_worker_state_bytes{stage="person"}',
     "household_state_bytes": 'aidledger_worker_state_bytes{stage="household"}',
     "payments": 'aidledger_worker_events_total{outcome="accepted"}',
@@ -111,6 +132,23 @@ def processes(stack) -> dict[str, int]:
     return found
 
 
+def stall_projection(database_url: str, seconds: float) -> bool:
+    """Hold the projector's writes for `seconds`: its transaction ends with the tracking records,
+    so it waits on this lock, and the records it fetches meanwhile pile up. EXCLUSIVE, not ACCESS
+    EXCLUSIVE: the dashboard's reads go on. True when the projector was seen waiting on it."""
+    waited = False
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("LOCK TABLE ledger.tracking IN EXCLUSIVE MODE")
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                waited = waited or conn.execute(
+                    "SELECT count(*) > 0 FROM pg_locks WHERE relation = 'ledger.tracking'::regclass AND NOT granted"
+                ).fetchone()[0]
+                time.sleep(0.2)
+    return waited
+
+
 def test_soak_memory_is_flat_after_warm_up(tmp_path_factory):
     home = tmp_path_factory.mktemp("soak")
     env = stack_environ(home) | {"AIDLEDGER_GATEWAY_RATE_PER_S": "100", "AIDLEDGER_GATEWAY_BURST": "100"}
@@ -156,10 +194,20 @@ def _soak(stack, out: Path) -> None:
             b += 1
             stop.wait(max(0.0, started + b * BATCH / RATE_PER_S - time.monotonic()))
 
+    stalls: list[dict] = []
+
+    def stall(at_s: float) -> None:
+        if not stop.wait(max(0.0, started + at_s - time.monotonic())):
+            stalls.append({"at_s": round(time.monotonic() - started, 1), "seconds": STALL_S,
+                           "projector_waited": stall_projection(stack.database_url, STALL_S)})
+
     sender = threading.Thread(target=load, daemon=True)
+    stallers = [threading.Thread(target=stall, args=(at,), daemon=True) for at in STALLS_AT]
     samples: list[dict] = []
     started = time.monotonic()
     sender.start()
+    for t in stallers:
+        t.start()
     restarts_before = {c.name: c.restarts for c in stack.children.values()}
     try:
         while time.monotonic() - started < duration_s:
@@ -168,7 +216,7 @@ def _soak(stack, out: Path) -> None:
             for name, pid in processes(stack).items():
                 mem = memory_kib(pid)
                 if mem:
-                    figures = worker_samples(metrics[name]) if name.startswith("worker-") else {}
+                    figures = worker_samples(metrics[name]) if name.startswith("worker-") or name == "projector" else {}
                     samples.append({"t_s": t, "process": name, "pid": pid, "records": len(accepted.amounts), **mem,
                                     **figures})
             assert not stack.check_children(), "a process died during the soak"
@@ -177,12 +225,15 @@ def _soak(stack, out: Path) -> None:
     finally:
         stop.set()
         sender.join(60)
+        for t in stallers:
+            t.join(60)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "soak-samples.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["t_s", "process", "pid", "records", *STATUS_FIELDS, *WORKER_SAMPLES])
             writer.writeheader()
             writer.writerows(samples)
     assert not failures, failures[:3]
+    assert [s["projector_waited"] for s in stalls] == [True] * len(STALLS_AT), stalls
     assert {c.name: c.restarts for c in stack.children.values()} == restarts_before
 
     summary = judge(samples, growth(samples, WARM_UP_S))
@@ -190,7 +241,7 @@ def _soak(stack, out: Path) -> None:
     rate = len(accepted.amounts) / duration_s
     result = {"minutes": MINUTES, "warm_up_s": WARM_UP_S, "rate_per_s": round(rate), "records": len(accepted.amounts),
               "measure": "VmRSS - RssShmem", "worker_without_state_measure": "VmRSS - RssShmem - aidledger_worker_state_bytes",
-              "growth_max": GROWTH_MAX, "processes": summary, **figures}
+              "growth_max": GROWTH_MAX, "stalls": stalls, "processes": summary, **figures}
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nsoak {MINUTES:g} min at {rate:.0f} records/s ({len(accepted.amounts):,} records); oracle {figures};"
           f" memory after warm-up (KiB, VmRSS - RssShmem):")
@@ -200,6 +251,9 @@ def _soak(stack, out: Path) -> None:
             w, st = s["without_state"], s["state"]
             print(f"  {'  less its state':<70} {w['after_warm_up_kib']:>9,} -> {w['end_kib']:>9,}  {w['growth']:+.1%}"
                   f"   state {st['person_bytes_per_payment']} B a payment, {st['household_bytes_per_posting']} B a posting")
+        if "python_objects" in s:
+            o = s["python_objects"]
+            print(f"  {'  its live Python objects':<70} {o['after_warm_up']:>9,} -> {o['end']:>9,}  {o['growth']:+.1%}")
     for name, s in summary.items():
         assert s["ok"], f"{name} grew beyond its bound after warm-up: {s}"
 
@@ -209,7 +263,8 @@ def judge(samples: list[dict], summary: dict[str, dict]) -> dict[str, dict]:
     it by design (its memory storage is the log, and Tansu has no retention), so it is held to a
     bound per record received after warm-up instead. A worker's state holds every payment too, but
     the worker reports its size: its memory less its state is held to GROWTH_MAX, and the state to a
-    bound per payment and per posting it decided. Every other process: at most GROWTH_MAX, with
+    bound per payment and per posting it decided. The projector: its live objects to GROWTH_MAX, its
+    memory to GROWTH_MAX plus ARENAS_KIB. Every other process: at most GROWTH_MAX, with
     SMALL_KIB of slack for the small PostgreSQL helpers, whose few MiB move by pages of bookkeeping
     (the checkpointer's table of relation files)."""
     marks = sorted({(s["t_s"], s["records"]) for s in samples if s["t_s"] >= WARM_UP_S})
@@ -220,6 +275,9 @@ def judge(samples: list[dict], summary: dict[str, dict]) -> dict[str, dict]:
         if name == "broker":
             out[name] = {**s, "kib_per_record": round(grown / records, 3),
                          "ok": grown / records <= BROKER_KIB_PER_RECORD_MAX}
+        elif "python_objects" in s:
+            out[name] = {**s, "ok": s["python_objects"]["growth"] <= GROWTH_MAX
+                         and grown <= GROWTH_MAX * s["after_warm_up_kib"] + ARENAS_KIB}
         elif "without_state" in s:
             rest, state = s["without_state"], s["state"]
             out[name] = {**s, "ok": rest["growth"] <= GROWTH_MAX
@@ -234,7 +292,8 @@ def growth(samples: list[dict], warm_up_s: float) -> dict[str, dict]:
     """Per process alive from the end of warm-up to the end: the median of its first three
     samples after warm-up against the median of its last three. For a worker also its memory less
     its state, measured the same way, and what its state grew by per payment and per posting it
-    decided in between (the first and last samples after warm-up)."""
+    decided in between (the first and last samples after warm-up). For the projector also its live
+    Python objects."""
     by: dict[tuple[str, int], list[dict]] = {}
     for s in samples:
         if s["t_s"] >= warm_up_s:
@@ -245,8 +304,14 @@ def growth(samples: list[dict], warm_up_s: float) -> dict[str, dict]:
         if series[0]["t_s"] > warm_up_s + 2 * SAMPLE_EVERY_S or series[-1]["t_s"] < end:
             continue  # a short-lived PostgreSQL worker (autovacuum, a parallel worker): not a long run
         out[name] = flat(series, lambda s: s["VmRSS"] - s.get("RssShmem", 0))
+        if name == "projector":
+            blocks = [s for s in series if "python_blocks" in s]
+            assert len(blocks) >= 3, "the projector's /metrics answered too few samples after warm-up"
+            first = statistics.median(s["python_blocks"] for s in blocks[:3])
+            last = statistics.median(s["python_blocks"] for s in blocks[-3:])
+            out[name]["python_objects"] = {"after_warm_up": int(first), "end": int(last), "growth": round(last / first - 1, 4)}
         if name.startswith("worker-"):
-            series = [s for s in series if set(WORKER_SAMPLES) <= s.keys()]  # the ones whose scrape answered
+            series = [s for s in series if set(WORKER_SAMPLES) - {"python_blocks"} <= s.keys()]  # whose scrape answered
             assert len(series) >= 3, f"{name}: its /metrics answered too few samples after warm-up"
             out[name]["without_state"] = flat(series, lambda s: s["VmRSS"] - s.get("RssShmem", 0) - state_kib(s))
             first, last = series[0], series[-1]

@@ -408,7 +408,7 @@ def test_the_registry_holds_the_metrics_of_every_process(registry):
 
 
 # units last, counters in _total, histograms in a base unit; no label that could carry a person
-UNIT_SUFFIXES = ("_seconds", "_bytes", "_records", "_rows", "_partitions", "_persons", "_households")
+UNIT_SUFFIXES = ("_seconds", "_bytes", "_records", "_rows", "_objects", "_partitions", "_persons", "_households")
 PERSONAL_LABEL = re.compile(r"nik|token|person|name|kk", re.I)
 
 
