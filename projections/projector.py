@@ -50,13 +50,13 @@ TABLE_BYTES = Gauge(
     "aidledger_projection_table_bytes", "Size on disk of each table in the ledger schema, with its indexes and TOAST",
     ["table"],
 )
+OBJECTS_EVERY_S = 30.0
 PYTHON_OBJECTS = Gauge(
     "aidledger_projector_python_objects",
-    "Python objects alive in the projector, counted every OBJECTS_EVERY_S after a full collection (which also "
+    f"Python objects alive in the projector, counted every {OBJECTS_EVERY_S:g} s after a full collection (which also "
     "empties the interpreter's free lists): what a leak of objects grows. Resident memory also keeps the "
     "allocator's arenas that a backlog's large batches touched, while any object lives in them",
 )
-OBJECTS_EVERY_S = 30.0
 # PostgreSQL's cumulative statistics, not count(*): a catalogue read, the same cost at any size
 TABLE_STATS_SQL = """
     SELECT schemaname || '.' || relname, n_live_tup, pg_total_relation_size(relid)
@@ -103,7 +103,7 @@ async def run_projector(database_url: str, stack: StackSettings, settings: Proje
         log.info("projector reading %d partitions", len(tps))
         stats_due = objects_due = 0.0
         while not stop.is_set():
-            if time.monotonic() >= objects_due:  # between batches: nothing of one is alive
+            if time.monotonic() >= objects_due:  # between batches: of the last, only its records are held
                 gc.collect()  # a few ms for the projector's ~200,000 objects
                 PYTHON_OBJECTS.set(sys.getallocatedblocks())
                 objects_due = time.monotonic() + OBJECTS_EVERY_S

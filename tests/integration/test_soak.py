@@ -74,12 +74,13 @@ STALLS_AT = (WARM_UP_S / 3, MINUTES * 60 * 0.6)  # one in the warm-up, one in th
 STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 # what each sample reads from a worker's /metrics: the state's bytes and the decisions that made them
 WORKER_SAMPLES = {
-    "python_blocks": "aidledger_projector_python_objects",  # the projector's only
     "person_state_bytes": 'aidledger_worker_state_bytes{stage="person"}',
     "household_state_bytes": 'aidledger_worker_state_bytes{stage="household"}',
     "payments": 'aidledger_worker_events_total{outcome="accepted"}',
     "postings": "aidledger_worker_household_postings_total",
 }
+# and from the projector's: its live Python objects
+PROJECTOR_SAMPLES = {"python_objects": "aidledger_projector_python_objects"}
 
 
 def memory_kib(pid: int) -> dict[str, int] | None:
@@ -102,15 +103,19 @@ def process_title(pid: int) -> str:
         return ""
 
 
-def worker_samples(url: str) -> dict[str, float]:
-    """WORKER_SAMPLES of one worker's /metrics, in one scrape; {} while it does not answer."""
+def scraped(url: str, wanted: dict[str, str]) -> dict[str, float]:
+    """The `wanted` samples of one process's /metrics, in one scrape; {} while it does not answer."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             body = response.read().decode()
     except OSError:
         return {}
     values = dict(line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))
-    return {name: float(values[sample]) for name, sample in WORKER_SAMPLES.items() if sample in values}
+    return {name: float(values[sample]) for name, sample in wanted.items() if sample in values}
+
+
+def samples_wanted(process: str) -> dict[str, str]:
+    return WORKER_SAMPLES if process.startswith("worker-") else PROJECTOR_SAMPLES if process == "projector" else {}
 
 
 def children_of(pid: int) -> list[int]:
@@ -216,7 +221,8 @@ def _soak(stack, out: Path) -> None:
             for name, pid in processes(stack).items():
                 mem = memory_kib(pid)
                 if mem:
-                    figures = worker_samples(metrics[name]) if name.startswith("worker-") or name == "projector" else {}
+                    wanted = samples_wanted(name)
+                    figures = scraped(metrics[name], wanted) if wanted else {}
                     samples.append({"t_s": t, "process": name, "pid": pid, "records": len(accepted.amounts), **mem,
                                     **figures})
             assert not stack.check_children(), "a process died during the soak"
@@ -229,7 +235,8 @@ def _soak(stack, out: Path) -> None:
             t.join(60)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "soak-samples.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["t_s", "process", "pid", "records", *STATUS_FIELDS, *WORKER_SAMPLES])
+            writer = csv.DictWriter(f, fieldnames=["t_s", "process", "pid", "records", *STATUS_FIELDS, *WORKER_SAMPLES,
+                                                   *PROJECTOR_SAMPLES])
             writer.writeheader()
             writer.writerows(samples)
     assert not failures, failures[:3]
@@ -253,7 +260,8 @@ def _soak(stack, out: Path) -> None:
                   f"   state {st['person_bytes_per_payment']} B a payment, {st['household_bytes_per_posting']} B a posting")
         if "python_objects" in s:
             o = s["python_objects"]
-            print(f"  {'  its live Python objects':<70} {o['after_warm_up']:>9,} -> {o['end']:>9,}  {o['growth']:+.1%}")
+            print(f"  {'  its live Python objects':<70} {o['after_warm_up_objects']:>9,} -> {o['end_objects']:>9,}"
+                  f"  {o['growth']:+.1%}")
     for name, s in summary.items():
         assert s["ok"], f"{name} grew beyond its bound after warm-up: {s}"
 
@@ -305,13 +313,11 @@ def growth(samples: list[dict], warm_up_s: float) -> dict[str, dict]:
             continue  # a short-lived PostgreSQL worker (autovacuum, a parallel worker): not a long run
         out[name] = flat(series, lambda s: s["VmRSS"] - s.get("RssShmem", 0))
         if name == "projector":
-            blocks = [s for s in series if "python_blocks" in s]
-            assert len(blocks) >= 3, "the projector's /metrics answered too few samples after warm-up"
-            first = statistics.median(s["python_blocks"] for s in blocks[:3])
-            last = statistics.median(s["python_blocks"] for s in blocks[-3:])
-            out[name]["python_objects"] = {"after_warm_up": int(first), "end": int(last), "growth": round(last / first - 1, 4)}
+            objects = [s for s in series if set(PROJECTOR_SAMPLES) <= s.keys()]  # the ones whose scrape answered
+            assert len(objects) >= 3, "the projector's /metrics answered too few samples after warm-up"
+            out[name]["python_objects"] = flat(objects, lambda s: s["python_objects"], unit="objects")
         if name.startswith("worker-"):
-            series = [s for s in series if set(WORKER_SAMPLES) - {"python_blocks"} <= s.keys()]  # whose scrape answered
+            series = [s for s in series if set(WORKER_SAMPLES) <= s.keys()]  # the ones whose scrape answered
             assert len(series) >= 3, f"{name}: its /metrics answered too few samples after warm-up"
             out[name]["without_state"] = flat(series, lambda s: s["VmRSS"] - s.get("RssShmem", 0) - state_kib(s))
             first, last = series[0], series[-1]
@@ -323,10 +329,10 @@ def growth(samples: list[dict], warm_up_s: float) -> dict[str, dict]:
     return out
 
 
-def flat(series: list[dict], kib) -> dict:
-    first = statistics.median(kib(s) for s in series[:3])
-    last = statistics.median(kib(s) for s in series[-3:])
-    return {"after_warm_up_kib": int(first), "end_kib": int(last), "growth": round(last / first - 1, 4)}
+def flat(series: list[dict], value, unit: str = "kib") -> dict:
+    first = statistics.median(value(s) for s in series[:3])
+    last = statistics.median(value(s) for s in series[-3:])
+    return {f"after_warm_up_{unit}": int(first), f"end_{unit}": int(last), "growth": round(last / first - 1, 4)}
 
 
 def state_kib(sample: dict) -> float:
